@@ -1,0 +1,136 @@
+"""MoSEsConfig: every hyperparameter of the adapter, validated on construction."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from moses.errors import CheckpointError, ConfigError
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+# Architectures whose attention projections are not called q/k/v/o_proj. Used only when the user keeps the
+# default targets, like peft's per-architecture target table; the resolved names are saved with the adapter.
+ATTENTION_TARGETS_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
+    "gpt2": ("attn.c_attn", "attn.c_proj"),
+    "opt": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    "gpt_neox": ("query_key_value", "attention.dense"),
+    "falcon": ("query_key_value", "self_attention.dense"),
+    "bloom": ("query_key_value", "self_attention.dense"),
+    "gptj": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    "phi": ("q_proj", "k_proj", "v_proj", "dense"),
+}
+
+CONFIG_NAME = "adapter_config.json"
+
+
+@dataclass
+class MoSEsConfig:
+    """Hyperparameters of a MoSEs adapter (see MOSES_SPEC.md, E1-E7).
+
+    `routing="token"` is the paper's per-token router; `routing="task"` learns one input-independent gate
+    vector per task, so a task's adapter collapses into one weight delta (`merge_task`).
+    `scores="fresh"` re-draws the mask scores at every task start, trading reuse for plasticity;
+    `score_lr_scale` multiplies the learning rate of the scores, and `free_share` is the share of a new
+    task's starting mask taken from entries no earlier task owns (persistent scores only): the remedies of
+    the spec's plasticity pitfall.
+    """
+
+    num_subexperts: int = 8
+    top_k: int = 2
+    rank: int = 4
+    alpha: float | None = None  # None means 2 * rank
+    task_density: float = 0.3
+    mask_granularity: str = "tensor"
+    routing: str = "token"
+    target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    dropout: float = 0.0
+    load_balance_coef: float = 0.0
+    scores: str = "persistent"
+    score_lr_scale: float = 1.0
+    free_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.alpha is None:
+            self.alpha = float(2 * self.rank)
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"MoSEsConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for name in ("num_subexperts", "top_k", "rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, "must be a positive integer")
+        if self.top_k > self.num_subexperts:
+            raise bad("top_k", f"must be at most num_subexperts ({self.num_subexperts})")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise bad("alpha", "must be a positive number")
+        if not isinstance(self.task_density, (int, float)) or not 0 < self.task_density <= 1:
+            raise bad("task_density", "must be in (0, 1]")
+        if self.mask_granularity not in ("tensor", "subexpert"):
+            raise bad("mask_granularity", "must be 'tensor' or 'subexpert'")
+        if self.routing not in ("token", "task"):
+            raise bad("routing", "must be 'token' or 'task'")
+        if self.scores not in ("persistent", "fresh"):
+            raise bad("scores", "must be 'persistent' or 'fresh'")
+        targets = self.target_modules
+        if isinstance(targets, str):
+            if not targets:
+                raise bad("target_modules", "must not be empty")
+        elif not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+            raise bad("target_modules", "must be a regex string or a non-empty list of module-name suffixes")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise bad("dropout", "must be in [0, 1)")
+        if not isinstance(self.load_balance_coef, (int, float)) or self.load_balance_coef < 0:
+            raise bad("load_balance_coef", "must be >= 0")
+        if not isinstance(self.free_share, (int, float)) or not 0 <= self.free_share <= 1:
+            raise bad("free_share", "must be in [0, 1]")
+        if not isinstance(self.score_lr_scale, (int, float)) or self.score_lr_scale <= 0:
+            raise bad("score_lr_scale", "must be > 0")
+
+    @property
+    def scaling(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> MoSEsConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown MoSEsConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
+        from moses.io import atomic_write_text
+
+        payload = {"peft_type": "MOSES", **self.to_dict(), **(extra or {})}
+        atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(payload, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> tuple[MoSEsConfig, dict[str, Any]]:
+        """Read `adapter_config.json`; returns the config and the extra (non-config) keys."""
+        path = Path(directory) / CONFIG_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: not found (not a MoSEs adapter directory)") from None
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}") from None
+        if not isinstance(data, dict) or data.get("peft_type") != "MOSES":
+            raise CheckpointError(f"{path}: not a MoSEs adapter config (peft_type is not 'MOSES')")
+        known = {f.name for f in fields(cls)}
+        extra = {k: v for k, v in data.items() if k not in known and k != "peft_type"}
+        try:
+            config = cls(**{k: v for k, v in data.items() if k in known})
+        except (ConfigError, TypeError) as err:
+            raise CheckpointError(f"{path}: {err}") from None
+        return config, extra

@@ -1,0 +1,232 @@
+"""The MoSEs layer: a frozen projection plus a routed, masked mixture of low-rank subexperts.
+
+    h = W0 x + (alpha / r) * sum_{i in topk(z)} g_i(x) * B_t[i] A_t[i] x         (MOSES_SPEC E4)
+
+A_t = A * m_t(A), B_t = B * m_t(B) with m_t the task's binary mask (E2); z = W_r(t) x the task's router
+logits (E3). The N subexperts are stacked, so A_t x for all of them is one matmul against the
+(N*r, d_in) matrix; the gates zero the subexperts outside the top-k and a second matmul against the
+(d_out, N*r) matrix of B_t sums the chosen ones. `reference_delta` is the slow per-subexpert loop kept
+for tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moses.adapter.config import MoSEsConfig
+from moses.adapter.masks import num_kept, straight_through_mask, top_c_mask
+from moses.errors import TaskError
+
+try:  # GPT-2 style projections store their weight as (d_in, d_out)
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a hard dependency
+    Conv1D = ()
+
+
+@dataclass
+class TaskContext:
+    """Which task the layers of one model use; shared by all of them so one assignment switches all."""
+
+    active: int | None = None  # task whose masks and router the forward uses
+    training: int | None = None  # task being learned: its masks come from the scores, with gradients
+    sample_tasks: torch.Tensor | None = None  # per-sample task indices for a mixed batch (-1: no adapter)
+    disabled: bool = False
+
+
+def projection_shape(layer: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a projection MoSEs can wrap."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    if Conv1D and isinstance(layer, Conv1D):
+        return layer.weight.shape[0], layer.weight.shape[1]
+    raise TypeError(f"MoSEs wraps nn.Linear or transformers Conv1D, not {type(layer).__name__}")
+
+
+class MoSEsLayer(nn.Module):
+    def __init__(self, base_layer: nn.Module, config: MoSEsConfig, context: TaskContext | None = None) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features, self.out_features = projection_shape(base_layer)
+        self.num_subexperts, self.rank, self.top_k = config.num_subexperts, config.rank, config.top_k
+        self.scaling = config.scaling
+        self.density = config.task_density
+        self.per_subexpert = config.mask_granularity == "subexpert"
+        self.routing = config.routing
+        self.load_balance_coef = config.load_balance_coef
+        self.context = context if context is not None else TaskContext()
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+        weight = base_layer.weight
+        factory = {"device": weight.device, "dtype": torch.float32}
+        n, r, d_in, d_out = self.num_subexperts, self.rank, self.in_features, self.out_features
+        self.lora_A = nn.Parameter(torch.empty(n, r, d_in, **factory))
+        self.lora_B = nn.Parameter(torch.empty(n, d_out, r, **factory))
+        self.scores_A = nn.Parameter(torch.empty(n, r, d_in, **factory))
+        self.scores_B = nn.Parameter(torch.empty(n, d_out, r, **factory))
+        self.routers = nn.ParameterList()
+        # M_{t-1}: entries owned by ended tasks; read by later tasks, never written (E5).
+        self.register_buffer("frozen_A", torch.zeros(n, r, d_in, dtype=torch.bool, device=weight.device))
+        self.register_buffer("frozen_B", torch.zeros(n, d_out, r, dtype=torch.bool, device=weight.device))
+        self.num_stored_masks = 0
+        self.aux_loss: torch.Tensor | None = None
+        self.reset_parameters()
+
+    # ---- initialisation (explicit, seeded by the caller's torch generator) ----
+    def reset_parameters(self) -> None:
+        """E1: A kaiming-uniform (as peft's LoRA A), B zero, so a new adapter leaves the model unchanged."""
+        nn.init.uniform_(self.lora_A, -1 / math.sqrt(self.in_features), 1 / math.sqrt(self.in_features))
+        nn.init.zeros_(self.lora_B)
+        self.reset_scores()
+
+    def reset_scores(self) -> None:
+        """E2: scores kaiming-uniform over each subexpert's fan-in."""
+        with torch.no_grad():
+            self.scores_A.uniform_(-1 / math.sqrt(self.in_features), 1 / math.sqrt(self.in_features))
+            self.scores_B.uniform_(-1 / math.sqrt(self.rank), 1 / math.sqrt(self.rank))
+
+    def reserve_free_entries(self, share: float) -> None:
+        """Plasticity remedy (spec, "Pitfall"): lift the scores of the best free entries above every other,
+        so a new task's starting mask holds `share` of its entries outside M (trainable) and the rest reused.
+        Without it, persistent scores start the task on the previous task's frozen mask."""
+        with torch.no_grad():
+            for scores, frozen in ((self.scores_A, self.frozen_A), (self.scores_B, self.frozen_B)):
+                rows = scores.shape[0] if self.per_subexpert else 1
+                magnitude = scores.abs().reshape(rows, -1)
+                free = ~frozen.reshape(rows, -1)
+                wanted = round(share * num_kept(magnitude.shape[1], self.density))
+                count = min(wanted, int(free.sum(dim=1).min()))
+                if count == 0:
+                    continue
+                chosen = magnitude.masked_fill(~free, -1.0).topk(count, dim=1).indices
+                ceiling = magnitude.max(dim=1, keepdim=True).values
+                lifted = ceiling + magnitude.gather(1, chosen)  # above every other score, order preserved
+                flat = scores.view(rows, -1)
+                flat.scatter_(1, chosen, torch.where(flat.gather(1, chosen) < 0, -lifted, lifted))
+
+    def add_router(self) -> None:
+        """E3: a new task's router, W_r in R^{N x d_in} ("token") or one gate-logit vector ("task")."""
+        device = self.lora_A.device
+        if self.routing == "token":
+            bound = 1 / math.sqrt(self.in_features)
+            router = torch.empty(self.num_subexperts, self.in_features, device=device).uniform_(-bound, bound)
+        else:
+            router = torch.randn(self.num_subexperts, device=device) * 0.02
+        self.routers.append(nn.Parameter(router))
+
+    # ---- task bookkeeping ----
+    def task_mask(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"mask_A_{task}"), getattr(self, f"mask_B_{task}")
+
+    def store_task_mask(self, task: int, mask_a: torch.Tensor, mask_b: torch.Tensor) -> None:
+        """E7: keep task `task`'s binary masks, and fold them into the frozen set M."""
+        if task != self.num_stored_masks:
+            raise TaskError(f"masks must be stored in task order: expected task {self.num_stored_masks}, got {task}")
+        device = self.frozen_A.device
+        self.register_buffer(f"mask_A_{task}", mask_a.to(device=device, dtype=torch.bool), persistent=False)
+        self.register_buffer(f"mask_B_{task}", mask_b.to(device=device, dtype=torch.bool), persistent=False)
+        self.frozen_A |= getattr(self, f"mask_A_{task}")
+        self.frozen_B |= getattr(self, f"mask_B_{task}")
+        self.num_stored_masks += 1
+        self.routers[task].requires_grad_(False)
+
+    def end_task(self, task: int) -> None:
+        with torch.no_grad():
+            self.store_task_mask(task, *self.score_masks())
+
+    def score_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (top_c_mask(self.scores_A, self.density, self.per_subexpert),
+                top_c_mask(self.scores_B, self.density, self.per_subexpert))
+
+    # ---- the math ----
+    def task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A_t, B_t. Entries in M are detached, so their gradient is exactly zero (E5)."""
+        live_a = torch.where(self.frozen_A, self.lora_A.detach(), self.lora_A)
+        live_b = torch.where(self.frozen_B, self.lora_B.detach(), self.lora_B)
+        if task == self.context.training:
+            mask_a = straight_through_mask(self.scores_A, self.density, self.per_subexpert)
+            mask_b = straight_through_mask(self.scores_B, self.density, self.per_subexpert)
+        elif task < self.num_stored_masks:
+            mask_a, mask_b = self.task_mask(task)
+        else:
+            raise TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
+        return live_a * mask_a, live_b * mask_b
+
+    def gates(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        """Dense gate values [..., N]: softmax over the top-k router logits, 0 elsewhere (E3)."""
+        router = self.routers[task]
+        logits = F.linear(x, router) if self.routing == "token" else router
+        top = logits.topk(self.top_k, dim=-1)
+        gates = torch.zeros_like(logits).scatter(-1, top.indices, top.values.softmax(dim=-1))
+        if self.routing == "token" and self.load_balance_coef > 0 and torch.is_grad_enabled():
+            self.aux_loss = self.load_balance_loss(logits, top.indices)
+        return gates
+
+    def load_balance_loss(self, logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """E6, Switch form: lambda * N * sum_i f_i P_i, f_i the share of routing slots, P_i the mean prob."""
+        n = self.num_subexperts
+        slots = F.one_hot(chosen.reshape(-1), n).float().mean(dim=0)
+        probs = logits.reshape(-1, n).softmax(dim=-1).mean(dim=0)
+        return self.load_balance_coef * n * (slots * probs).sum()
+
+    def adapter_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        a, b = self.task_weights(task)
+        n, r = self.num_subexperts, self.rank
+        x = self.dropout(x.to(a.dtype))
+        gates = self.gates(x, task)
+        down = F.linear(x, a.reshape(n * r, self.in_features)).unflatten(-1, (n, r))
+        down = (down * gates.unsqueeze(-1)).flatten(-2)
+        return F.linear(down, b.permute(1, 0, 2).reshape(self.out_features, n * r)) * self.scaling
+
+    def reference_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        """The same sum as `adapter_delta`, one subexpert at a time (slow; the tests' reference)."""
+        a, b = self.task_weights(task)
+        x = x.to(a.dtype)
+        gates = self.gates(x, task)
+        if gates.dim() == 1:
+            gates = gates.expand(*x.shape[:-1], -1)
+        out = torch.zeros(*x.shape[:-1], self.out_features, dtype=a.dtype, device=x.device)
+        for i in range(self.num_subexperts):
+            out = out + gates[..., i : i + 1] * (x @ a[i].T @ b[i].T)
+        return out * self.scaling
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        ctx = self.context
+        if ctx.disabled:
+            return result
+        if ctx.sample_tasks is not None:
+            return result + self.mixed_batch_delta(x, ctx.sample_tasks).to(result.dtype)
+        if ctx.active is None:
+            return result
+        return result + self.adapter_delta(x, ctx.active).to(result.dtype)
+
+    def mixed_batch_delta(self, x: torch.Tensor, sample_tasks: torch.Tensor) -> torch.Tensor:
+        """Each sample of the batch (dim 0) through its own task's masks and router."""
+        sample_tasks = sample_tasks.to(x.device)
+        if sample_tasks.shape[0] != x.shape[0]:
+            raise TaskError(f"task_ids has {sample_tasks.shape[0]} entries but the batch has {x.shape[0]} samples")
+        delta = torch.zeros(*x.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
+        for task in sample_tasks.unique().tolist():
+            if task < 0:
+                continue
+            rows = (sample_tasks == task).nonzero().squeeze(1)
+            delta = delta.index_copy(0, rows, self.adapter_delta(x.index_select(0, rows), task))
+        return delta
+
+    def merged_delta_weight(self, task: int) -> torch.Tensor:
+        """Delta W of a task-routed task in the base layer's own weight layout."""
+        if self.routing != "task":
+            raise TaskError("merge_task needs routing='task': a token router's mixture depends on the input")
+        a, b = self.task_weights(task)
+        gates = self.gates(a.new_zeros(self.in_features), task).detach()
+        delta = torch.einsum("n,nor,nri->oi", gates, b, a) * self.scaling
+        return delta.T if not isinstance(self.base_layer, nn.Linear) else delta
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, subexperts={self.num_subexperts}, "
+                f"top_k={self.top_k}, rank={self.rank}, routing={self.routing}")

@@ -1,0 +1,17 @@
+"""Errors a user can fix. The command line prints them as one line and exits with code 2."""
+
+
+class MoSEsError(Exception):
+    """Base class: a problem with the user's input, config, task or files, never a bug."""
+
+
+class ConfigError(MoSEsError, ValueError):
+    """An invalid configuration value; the message names the field."""
+
+
+class TaskError(MoSEsError, RuntimeError):
+    """An unknown task, or a task operation at the wrong moment (e.g. end_task with no active task)."""
+
+
+class CheckpointError(MoSEsError, ValueError):
+    """A missing, corrupt or mismatched saved adapter or run; the message names the file."""

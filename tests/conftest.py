@@ -1,0 +1,70 @@
+"""Tiny random-initialised models built from real transformers configs (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+VOCAB = 97
+
+
+def tiny_llama() -> torch.nn.Module:
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config)
+
+
+def tiny_qwen2() -> torch.nn.Module:
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return Qwen2ForCausalLM(config)
+
+
+def tiny_gpt2() -> torch.nn.Module:
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    return GPT2LMHeadModel(config)
+
+
+BUILDERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "gpt2": tiny_gpt2}
+
+
+def build(arch: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return BUILDERS[arch]().eval()
+
+
+@pytest.fixture(params=sorted(BUILDERS))
+def arch(request) -> str:
+    return request.param
+
+
+def random_batch(seed: int, batch: int = 3, length: int = 10) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (batch, length), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+
+def train_task(model, name: str, steps: int = 4, lr: float = 5e-2, seed: int = 0) -> list[float]:
+    """Real optimisation steps memorising one batch of random tokens per task; returns the losses."""
+    model.add_task(name)
+    model.train()
+    optimizer = torch.optim.AdamW(model.optimizer_param_groups(lr))
+    losses = []
+    batch = random_batch(1000 + seed)
+    for _ in range(steps):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    model.end_task()
+    return losses
