@@ -163,6 +163,18 @@ def test_errors_are_clear():
         model(**random_batch(0), task_ids=["a", "zzz", "b"])
 
 
+def test_unload_restores_the_base_model():
+    base = build("llama")
+    with torch.no_grad():
+        expected = base(input_ids=PROBE["input_ids"]).logits
+    model = get_moses_model(base, small_config())
+    train_task(model, "a", steps=2)
+    restored = model.unload()
+    assert restored is base and not any(isinstance(m, MoSEsLayer) for m in restored.modules())
+    with torch.no_grad():
+        assert torch.equal(restored(input_ids=PROBE["input_ids"]).logits, expected)
+
+
 def test_config_matching_nothing_is_an_error():
     with pytest.raises(ConfigError, match="matches no"):
         get_moses_model(build("llama"), small_config(target_modules=["nonexistent"]))

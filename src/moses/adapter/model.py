@@ -285,13 +285,15 @@ class MoSEsModel(nn.Module):
         if task >= self._ended:
             raise TaskError(f"task {self._task_names[task]!r} is still being trained: end_task() before merging")
         merged = copy.deepcopy(self.model)
-        for name_, layer in list(_moses_modules(merged)):
-            base = layer.base_layer
+        for _, layer in _moses_modules(merged):
             with torch.no_grad():
-                base.weight += layer.merged_delta_weight(task).to(base.weight.dtype)
-            parent_name, _, child = name_.rpartition(".")
-            setattr(merged.get_submodule(parent_name), child, base)
-        return merged
+                layer.base_layer.weight += layer.merged_delta_weight(task).to(layer.base_layer.weight.dtype)
+        return _unwrap(merged)
+
+    def unload(self) -> nn.Module:
+        """The base model with its original projections back in place (as peft's `unload`); the adapter is
+        dropped, so save it first if it is needed."""
+        return _unwrap(self.model)
 
     # ---- save / load ----
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
@@ -330,7 +332,8 @@ class MoSEsModel(nn.Module):
         if config is not None and config != saved:
             diffs = [f"{k}: saved {v!r}, given {getattr(config, k)!r}" for k, v in saved.to_dict().items()
                      if getattr(config, k) != v]
-            raise CheckpointError(f"{directory / 'adapter_config.json'}: saved with another config ({'; '.join(diffs)})")
+            raise CheckpointError(f"{directory / 'adapter_config.json'}: saved with another config "
+                                  f"({'; '.join(diffs)})")
         tasks = _read_tasks(directory / TASKS_NAME)
         weights_path = directory / WEIGHTS_NAME
         try:
@@ -378,6 +381,13 @@ def _moses_modules(model: nn.Module) -> Iterator[tuple[str, MoSEsLayer]]:
     for name, module in model.named_modules():
         if isinstance(module, MoSEsLayer):
             yield name, module
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    for name, layer in list(_moses_modules(model)):
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer.base_layer)
+    return model
 
 
 def _copy_checked(target: torch.Tensor, value: torch.Tensor, what: str) -> None:

@@ -1,0 +1,41 @@
+"""Tokenisation for training (loss on answer tokens only) and for generation (left padding)."""
+
+from __future__ import annotations
+
+import torch
+
+from moses.data.stream import Example
+
+IGNORE = -100
+
+
+def encode_example(tokenizer, example: Example, max_prompt_tokens: int,
+                   max_answer_tokens: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels). The prompt is cut from the left so its final cue survives; the answer from the
+    right, then EOS, so the model learns to stop."""
+    prompt = tokenizer(example["prompt"], add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+    answer = tokenizer(example["answer"], add_special_tokens=False)["input_ids"][:max_answer_tokens]
+    answer = answer + [tokenizer.eos_token_id]
+    return prompt + answer, [IGNORE] * len(prompt) + answer
+
+
+def training_batch(tokenizer, examples: list[Example], max_prompt_tokens: int = 320,
+                   max_answer_tokens: int = 64) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels are -100 on prompt and padding."""
+    encoded = [encode_example(tokenizer, e, max_prompt_tokens, max_answer_tokens) for e in examples]
+    width = max(len(ids) for ids, _ in encoded)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded])
+    labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in encoded])
+    attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def generation_batch(tokenizer, prompts: list[str], max_prompt_tokens: int = 320) -> dict[str, torch.Tensor]:
+    """Left-padded prompts, truncated from the left like training prompts."""
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
+    width = max(len(i) for i in ids)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
+    attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    return {"input_ids": input_ids, "attention_mask": attention}

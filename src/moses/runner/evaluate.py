@@ -1,0 +1,22 @@
+"""Batched greedy generation (left padding, KV cache) and scoring of a task's test examples."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from moses.data.collate import generation_batch
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+                     max_prompt_tokens: int = 320, description: str = "generate") -> list[str]:
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=description, leave=False):
+        batch = {k: v.to(device) for k, v in
+                 generation_batch(tokenizer, prompts[start:start + batch_size], max_prompt_tokens).items()}
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                             pad_token_id=tokenizer.pad_token_id)
+        answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return answers

