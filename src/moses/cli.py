@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "print the accuracy matrix, and check that earlier tasks' predictions are unchanged.")
     demo.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or path (default: {DEFAULT_MODEL})")
     demo.add_argument("--output", default="runs/demo", help="run directory (default: runs/demo)")
-    demo.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate (default: 1e-2)")
+    demo.add_argument("--lr", type=_positive_float, default=3e-3, help="learning rate (default: 3e-3)")
     demo.add_argument("--epochs", type=_positive_int, default=4, help="epochs per task (default: 4)")
     demo.add_argument("--n-train", type=_positive_int, default=64, help="training examples per task (default: 64)")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")

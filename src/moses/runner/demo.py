@@ -22,7 +22,7 @@ from moses.runner.train import train_on_examples
 class DemoSettings:
     model: str = DEFAULT_MODEL
     output: str = "runs/demo"
-    lr: float = 1e-2
+    lr: float = 3e-3
     epochs: int = 4
     batch_size: int = 8
     n_train: int = 64
