@@ -68,3 +68,32 @@ def train_task(model, name: str, steps: int = 4, lr: float = 5e-2, seed: int = 0
     model.eval()
     model.end_task()
     return losses
+
+
+def build_tiny_checkpoint(directory) -> str:
+    """A tiny random Llama and a byte-level BPE tokenizer trained on the demo stream, saved as a local
+    Hugging Face directory: the runner loads it like any real model, offline, in a second."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from moses.data.demo import demo_stream
+
+    texts = [e["prompt"] + e["answer"] for task in demo_stream() for e in task.train + task.test]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<eos>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, bos_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))

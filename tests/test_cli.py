@@ -1,5 +1,6 @@
-"""The command line: help on every command and one-line errors with exit code 2."""
+"""The command line: help on every command; user errors are one line on stderr with exit code 2."""
 
+import json
 import subprocess
 import sys
 
@@ -8,38 +9,89 @@ import pytest
 from moses.cli import main
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "moses.cli", *args], capture_output=True, text=True, timeout=120)
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "moses.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["models"]])
+def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["eval"], ["report"], ["models"]])
 def test_help(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0 and "usage: moses" in result.stdout
 
 
 @pytest.mark.parametrize("args,message", [
-    (["demo", "--epochs", "0"], "must be a positive integer"),
-    (["demo", "--lr", "-1"], "must be > 0"),
+    (["demo", "--epochs", "zero"], "expected int, got 'zero'"),
+    (["run", "--lr", "fast"], "expected float, got 'fast'"),
+    (["eval", "x", "--mode", "guess"], "invalid choice"),
     (["nonsense"], "invalid choice"),
 ])
-def test_bad_flag_values(args, message, capsys):
+def test_unparseable_flags_exit_2(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_missing_model_is_one_line_exit_2(tmp_path):
+@pytest.mark.parametrize("args,message", [
+    (["run", "--epochs", "0"], "config epochs=0: must be a positive integer"),
+    (["run", "--method", "magic"], "unknown method 'magic'"),
+    (["run", "--option", "noequals"], "expected KEY=VALUE"),
+    (["run", "--data-dir", "/nowhere/trace"], "/nowhere/trace: TRACE data directory not found"),
+    (["run", "--model", "/nowhere/model.gguf"], "/nowhere/model.gguf: GGUF file not found"),
+])
+def test_bad_values_are_one_line_exit_2(args, message, capsys, tmp_path):
+    code = main([*args, "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unknown_trace_task_and_malformed_json(tmp_path, capsys):
+    (tmp_path / "FOMC").mkdir()
+    (tmp_path / "FOMC" / "train.json").write_text('[{"prompt": "a", "answer": "b"},\n{"prompt": "c" "answer": 1}]')
+    (tmp_path / "FOMC" / "test.json").write_text("[]")
+    assert main(["run", "--data-dir", str(tmp_path), "--tasks", "FOMC,Bogus", "--output", str(tmp_path / "o")]) == 2
+    assert "unknown TRACE task(s) Bogus" in capsys.readouterr().err
+    assert main(["run", "--data-dir", str(tmp_path), "--tasks", "FOMC", "--output", str(tmp_path / "o")]) == 2
+    assert "FOMC/train.json: malformed JSON at line 2 column 15" in capsys.readouterr().err
+
+
+def test_bad_config_file(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 0.1\nbatch_sise: 4\n")
+    assert main(["run", "--config", str(config)]) == 2
+    assert "c.yaml: unknown setting(s) batch_sise" in capsys.readouterr().err
+    config.write_text("lr: [0.1\n")
+    assert main(["run", "--config", str(config)]) == 2
+    assert "c.yaml: malformed YAML at line" in capsys.readouterr().err
+
+
+def test_report_and_eval_of_a_missing_run(tmp_path):
+    assert_one_line_error(run_cli("report", str(tmp_path)), "no results.json")
+    assert_one_line_error(run_cli("eval", str(tmp_path)), "no config.json")
+
+
+def test_missing_model_subprocess_is_one_line(tmp_path):
     result = run_cli("demo", "--model", str(tmp_path / "absent.gguf"), "--output", str(tmp_path / "run"))
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "absent.gguf: GGUF file not found" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_one_line_error(result, "absent.gguf: GGUF file not found")
 
 
-def test_directory_without_config_is_one_line_exit_2(tmp_path):
-    result = run_cli("demo", "--model", str(tmp_path), "--output", str(tmp_path / "run"))
-    assert result.returncode == 2 and "no config.json" in result.stderr
+def test_run_report_eval_end_to_end(tiny_model_dir, tmp_path):
+    output = tmp_path / "run"
+    args = ["run", "--model", tiny_model_dir, "--n-train", "8", "--n-test", "8", "--epochs", "1", "--batch-size", "4",
+            "--device", "cpu", "--output", str(output), "--option", "num_subexperts=4", "--option", "rank=2"]
+    assert main(args) == 0
+    assert json.loads((output / "config.json").read_text())["method_options"] == {"num_subexperts": 4, "rank": 2}
+    assert main(["report", str(output)]) == 0
+    assert "Score matrix R" in (output / "report.md").read_text()
+    assert main(["eval", str(output), "--tasks", "alive"]) == 0
+    assert json.loads((output / "eval-til.json").read_text())["scores"].keys() == {"alive"}
 
 
 def test_models_lists_builtin_when_installed():

@@ -4,11 +4,14 @@ from importlib.util import find_spec
 
 import pytest
 import torch
+from accelerate import Accelerator
 
-from moses import MoSEsConfig, MoSEsModel, get_moses_model
+from moses import MoSEsModel
 from moses.data.demo import demo_stream
+from moses.methods import make_method
+from moses.runner.config import RunConfig
 from moses.runner.evaluate import generate_answers
-from moses.runner.train import train_on_examples
+from moses.runner.train import train_task
 
 pytestmark = [
     pytest.mark.smollm2,
@@ -32,20 +35,23 @@ def test_two_tasks_on_smollm2_keep_the_first(smollm2, tmp_path):
     batch = tokenizer(prompts[:2], return_tensors="pt", padding=True)
     with torch.no_grad():
         base_logits = base(**batch).logits
-    model = get_moses_model(base, MoSEsConfig())
+    method = make_method("moses")
+    model = method.prepare(base)
+    config = RunConfig(epochs=1, batch_size=8, lr=1e-2, device="cpu")
+    accelerator = Accelerator(cpu=True)
     try:
-        model.add_task(tasks[0].name)
+        method.on_task_start(tasks[0], 0)
         with torch.no_grad():
             assert torch.equal(model(**batch).logits, base_logits)  # B = 0: the adapter starts as a no-op
-        log = train_on_examples(model, tokenizer, tasks[0].train, model.optimizer_param_groups(1e-2), epochs=1)
+        log = train_task(model, tokenizer, tasks[0].train, method, config, accelerator, seed=0)
         assert len(log) == 2
-        model.end_task()
+        method.on_task_end(tasks[0], 0)
         first = generate_answers(model, tokenizer, prompts, max_new_tokens=2)
         with torch.no_grad():
             first_logits = model(**batch).logits
-        model.add_task(tasks[1].name)
-        train_on_examples(model, tokenizer, tasks[1].train, model.optimizer_param_groups(1e-2), epochs=1)
-        model.end_task()
+        method.on_task_start(tasks[1], 1)
+        train_task(model, tokenizer, tasks[1].train, method, config, accelerator, seed=1)
+        method.on_task_end(tasks[1], 1)
         model.set_task(tasks[0].name)
         assert generate_answers(model, tokenizer, prompts, max_new_tokens=2) == first
         with torch.no_grad():

@@ -3,17 +3,147 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
-from moses.errors import MoSEsError
+from moses.errors import ConfigError, MoSEsError
+
+# flags that map one-to-one onto RunConfig fields: (flag, type, help)
+RUN_FLAGS: list[tuple[str, Any, str]] = [
+    ("model", str, "model: smollm2-135m, a .gguf file, a local HF directory or a cached model id"),
+    ("method", str, "method: moses or seq-lora"),
+    ("data_dir", str, "TRACE data directory (<dir>/<Task>/{train,eval,test}.json)"),
+    ("manifest", str, "stream manifest (YAML or JSON) naming each task's files"),
+    ("output", str, "run directory"),
+    ("lr", float, "learning rate"),
+    ("epochs", int, "epochs per task"),
+    ("batch_size", int, "training batch size"),
+    ("grad_accum", int, "gradient accumulation steps"),
+    ("n_train", int, "training examples per task (the first ones)"),
+    ("n_test", int, "test examples per task (the first ones)"),
+    ("max_prompt_tokens", int, "prompt tokens kept (cut from the left)"),
+    ("max_answer_tokens", int, "answer tokens trained on"),
+    ("eval_batch_size", int, "generation batch size"),
+    ("seed", int, "random seed"),
+    ("device", str, "auto (accelerate picks) or cpu"),
+    ("dtype", str, "float32, bfloat16 or float16"),
+]
+
+
+def _typed(kind):
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    for name, kind, help_text in RUN_FLAGS:
+        if name not in skip:
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_typed(kind), help=help_text)
+    parser.add_argument("--tasks", help="comma-separated task names, in training order")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option, e.g. --option num_subexperts=4 (JSON values); repeatable")
+    parser.add_argument("--fwt", action="store_true", default=None, help="also evaluate future tasks (FWT)")
+    parser.add_argument("--eval-as-train", action="store_true", default=None,
+                        help="train on eval.json where a TRACE task has no train.json")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {name: getattr(args, name) for name, _, _ in RUN_FLAGS
+              if getattr(args, name, None) is not None}
+    if args.tasks:
+        values["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for flag in ("fwt", "eval_as_train"):
+        if getattr(args, flag):
+            values[flag] = True
+    if args.option:
+        options = {}
+        for item in args.option:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
+            try:
+                options[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                options[key] = raw
+        values["method_options"] = options
+    return values
+
+
+def _run_config(args: argparse.Namespace, **defaults: Any):
+    from moses.runner.config import RunConfig
+
+    overrides = _overrides(args)
+    options = overrides.pop("method_options", {})
+    if "data_dir" in overrides:
+        overrides["stream"] = "trace"
+    if "manifest" in overrides:
+        overrides["stream"] = "manifest"
+    if getattr(args, "config", None):
+        config = RunConfig.from_file(args.config, **overrides)
+    else:
+        config = RunConfig.from_dict({**defaults, **overrides}, source="command line")
+    if options:  # --option adds to (and overrides) the config file's method options
+        config = replace(config, method_options={**config.method_options, **options})
+    return config
+
+
+def _run(args: argparse.Namespace) -> int:
+    from moses.report import report_markdown
+    from moses.runner.run import run
+
+    config = _run_config(args, output="runs/run")
+    results = run(config, resume=args.resume)
+    print(report_markdown(results, title=f"{config.method} on {', '.join(results['tasks'])}"))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from moses.runner.demo import DemoSettings, run_demo
+    from moses.runner.demo import run_demo
 
-    settings = DemoSettings(model=args.model, output=args.output, lr=args.lr, epochs=args.epochs,
-                            n_train=args.n_train, device=args.device, seed=args.seed)
-    run_demo(settings)
+    config = _run_config(args, output="runs/demo", stream="demo", n_test=24)
+    run_demo(config, resume=args.resume)
+    return 0
+
+
+def _load_results(run_dir: str) -> dict:
+    from moses.runner.run import read_results
+
+    results = read_results(Path(run_dir))
+    if results is None:
+        raise ConfigError(f"{run_dir}: no results.json (not a run directory, or the run has not started)")
+    return results
+
+
+def _report(args: argparse.Namespace) -> int:
+    from moses.io import atomic_write_text
+    from moses.report import report_markdown
+
+    results = _load_results(args.run_dir)
+    text = report_markdown(results, title=f"{results['method']} ({args.run_dir})")
+    atomic_write_text(Path(args.run_dir) / "report.md", text)
+    print(text)
+    print(f"written to {Path(args.run_dir) / 'report.md'}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from moses.runner.run import evaluate_run
+
+    scores = evaluate_run(Path(args.run_dir), mode=args.mode,
+                          tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None)
+    for name, score in scores["scores"].items():
+        print(f"{name:20s} {score:6.1f}")
+    print(f"mean {scores['mean']:.1f} ({args.mode}); written to {scores['path']}")
     return 0
 
 
@@ -28,38 +158,36 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from moses.models import DEFAULT_MODEL
-
     parser = argparse.ArgumentParser(prog="moses", description="Continual learning of LLMs with Mixtures of "
                                      "SubExperts (MoSEs).")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="train the embedded task stream with MoSEs and show zero forgetting",
-                               description="Train the embedded demo stream with MoSEs on the default model, "
-                               "print the accuracy matrix, and check that earlier tasks' predictions are unchanged.")
-    demo.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or path (default: {DEFAULT_MODEL})")
-    demo.add_argument("--output", default="runs/demo", help="run directory (default: runs/demo)")
-    demo.add_argument("--lr", type=_positive_float, default=3e-3, help="learning rate (default: 3e-3)")
-    demo.add_argument("--epochs", type=_positive_int, default=4, help="epochs per task (default: 4)")
-    demo.add_argument("--n-train", type=_positive_int, default=64, help="training examples per task (default: 64)")
-    demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = commands.add_parser("demo", help="MoSEs and sequential LoRA on the embedded task stream",
+                               description="Train the embedded demo stream with MoSEs and with sequential LoRA on "
+                               "the default model and print both accuracy matrices with OP and BWT.")
+    _add_run_flags(demo, skip=("method", "data_dir", "manifest"))
     demo.set_defaults(func=_demo)
+
+    run = commands.add_parser("run", help="train a task stream with one method",
+                              description="Train a task stream (TRACE with --data-dir, a manifest, or the demo "
+                              "stream) with one method, evaluating after every task.")
+    run.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
+    _add_run_flags(run)
+    run.set_defaults(func=_run)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's final state",
+                                   description="Evaluate the last checkpoint of a run on its tasks.")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--mode", choices=("til", "tail"), default="til",
+                          help="til: task id given; tail: task id unknown (default: til)")
+    evaluate.add_argument("--tasks", help="comma-separated task names (default: every trained task)")
+    evaluate.set_defaults(func=_eval)
+
+    report = commands.add_parser("report", help="markdown report of a run",
+                                 description="Write report.md (score matrix, metrics, capacity) for a run.")
+    report.add_argument("run_dir")
+    report.set_defaults(func=_report)
 
     models = commands.add_parser("models", help="list the models that load without a download",
                                  description="List built-in models whose weights package is installed and causal "
@@ -69,12 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # peft still calls a transformers API deprecated in v5; the warning says nothing to a moses user
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except MoSEsError as err:
         print(f"moses: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("moses: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

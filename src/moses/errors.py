@@ -15,3 +15,7 @@ class TaskError(MoSEsError, RuntimeError):
 
 class CheckpointError(MoSEsError, ValueError):
     """A missing, corrupt or mismatched saved adapter or run; the message names the file."""
+
+
+class DataError(MoSEsError, ValueError):
+    """Missing or malformed task data or settings file; the message names the file and the place."""

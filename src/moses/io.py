@@ -1,11 +1,16 @@
-"""The one atomic-write helper: a crash mid-write never leaves a half-written file behind."""
+"""File helpers used everywhere: atomic writes (a crash never leaves a half-written file) and reading
+YAML / JSON settings files with errors that name the file and the place."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from moses.errors import DataError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -26,3 +31,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_mapping(path: str | Path) -> Any:
+    """Parse a .yaml / .yml file with PyYAML, anything else as JSON."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            raise DataError(f"{path}: malformed YAML{where}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None

@@ -1,9 +1,20 @@
-"""A task of a continual-learning stream: named examples of {prompt, answer} and how to score them."""
+"""Tasks and task streams: named examples of {prompt, answer}, a metric and generation settings.
+
+Streams come from the TRACE layout (`trace.py`), the embedded demo (`demo.py`), or a manifest (YAML or
+JSON) naming JSON / JSONL files per task. Every malformed input raises DataError naming file and place.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypedDict
+
+from moses.errors import DataError
+from moses.io import read_mapping
+
+METRIC_NAMES = ("exact_match", "first_char_accuracy", "rouge_l", "edit_similarity", "sari")
 
 
 class Example(TypedDict):
@@ -19,3 +30,80 @@ class Task:
     eval: list[Example] = field(default_factory=list)
     metric: str = "exact_match"
     max_new_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRIC_NAMES:
+            raise DataError(f"task {self.name!r}: unknown metric {self.metric!r} (one of {', '.join(METRIC_NAMES)})")
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """A JSON list, or JSON Lines, of objects with string fields "prompt" and "answer"."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+    if path.suffix == ".jsonl":
+        items = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}: malformed JSON on line {number} column {err.colno}: {err.msg}") from None
+    else:
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        if not isinstance(items, list):
+            raise DataError(f"{path}: expected a JSON list of {{\"prompt\", \"answer\"}} objects")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DataError(f"{path}: item {index} is not an object")
+        for key in ("prompt", "answer"):
+            if key not in item:
+                raise DataError(f"{path}: item {index} has no field {key!r}")
+            if not isinstance(item[key], str):
+                raise DataError(f"{path}: item {index} field {key!r} is not a string")
+    return [{"prompt": item["prompt"], "answer": item["answer"]} for item in items]
+
+
+def load_manifest(path: str | Path, n_train: int | None = None, n_test: int | None = None) -> list[Task]:
+    """A stream described in YAML or JSON: {"tasks": [{"name", "train", "test", "eval"?, "metric"?,
+    "max_new_tokens"?, "n_train"?, "n_test"?}]}; file paths are relative to the manifest. Caps keep the
+    first examples of each file (the training loop shuffles, seeded)."""
+    path = Path(path)
+    data = read_mapping(path)
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    if not isinstance(tasks, list) or not tasks:
+        raise DataError(f"{path}: expected a non-empty list under 'tasks'")
+    allowed = {"name", "train", "test", "eval", "metric", "max_new_tokens", "n_train", "n_test"}
+    stream, names = [], set()
+    for index, spec in enumerate(tasks):
+        where = f"{path}: tasks[{index}]"
+        if not isinstance(spec, dict):
+            raise DataError(f"{where} is not a mapping")
+        unknown = sorted(set(spec) - allowed)
+        if unknown:
+            raise DataError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        for key in ("name", "train", "test"):
+            if not isinstance(spec.get(key), str):
+                raise DataError(f"{where}: '{key}' is required and must be a string")
+        if spec["name"] in names:
+            raise DataError(f"{where}: duplicate task name {spec['name']!r}")
+        names.add(spec["name"])
+        base = path.parent
+        train = read_examples(base / spec["train"])[: spec.get("n_train", n_train)]
+        test = read_examples(base / spec["test"])[: spec.get("n_test", n_test)]
+        evaluation = read_examples(base / spec["eval"]) if "eval" in spec else []
+        max_new = spec.get("max_new_tokens", 8)
+        if not isinstance(max_new, int) or max_new < 1:
+            raise DataError(f"{where}: max_new_tokens must be a positive integer")
+        try:
+            stream.append(Task(spec["name"], train, test, evaluation, spec.get("metric", "exact_match"), max_new))
+        except DataError as err:
+            raise DataError(f"{where}: {err}") from None
+    return stream

@@ -6,6 +6,9 @@ import torch
 from tqdm.auto import tqdm
 
 from moses.data.collate import generation_batch
+from moses.data.stream import Task
+from moses.data.trace import sari_source
+from moses.metrics import text
 
 
 @torch.no_grad()
@@ -20,3 +23,21 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
                              pad_token_id=tokenizer.pad_token_id)
         answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     return answers
+
+
+def score_task(task: Task, predictions: list[str]) -> float:
+    """The task's metric over its test examples, 0-100."""
+    references = [e["answer"] for e in task.test]
+    if task.metric == "sari":
+        return text.sari([sari_source(e["prompt"]) for e in task.test], predictions, [[r] for r in references])
+    return getattr(text, task.metric)(predictions, references)
+
+
+def evaluate_task(model, tokenizer, task: Task, batch_size: int = 16,
+                  max_prompt_tokens: int = 320) -> tuple[float, list[dict]]:
+    """(score, one record per test example)."""
+    predictions = generate_answers(model, tokenizer, [e["prompt"] for e in task.test], task.max_new_tokens,
+                                   batch_size, max_prompt_tokens, description=f"eval {task.name}")
+    records = [{"task": task.name, "prediction": p, "reference": e["answer"]}
+               for p, e in zip(predictions, task.test, strict=True)]
+    return score_task(task, predictions), records

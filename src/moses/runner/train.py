@@ -1,10 +1,11 @@
-"""The training loop: the same for every method; methods only choose parameters and add losses."""
+"""The training loop: the same for every method. Methods choose the parameters and add losses through
+their hooks; accelerate handles devices, processes and gradient accumulation."""
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -12,38 +13,53 @@ from tqdm.auto import tqdm
 from moses.data.collate import training_batch
 from moses.data.stream import Example
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
-def train_on_examples(model, tokenizer, examples: list[Example], param_groups: list[dict], *, epochs: int = 1,
-                      batch_size: int = 8, seed: int = 0, max_prompt_tokens: int = 320, max_answer_tokens: int = 64,
-                      extra_loss: Callable[[dict, object], torch.Tensor | None] | None = None,
-                      description: str = "train") -> list[dict]:
-    """Fresh AdamW over `param_groups`, `epochs` passes over seeded-shuffled `examples`; returns a log row
-    per step (loss, seconds)."""
-    optimizer = torch.optim.AdamW(param_groups)
-    device = next(model.parameters()).device
+    from moses.methods.base import Method
+    from moses.runner.config import RunConfig
+
+
+def train_task(model, tokenizer, examples: list[Example], method: Method, config: RunConfig,
+               accelerator: Accelerator, seed: int, description: str = "train") -> list[dict]:
+    """`config.epochs` seeded-shuffled passes over `examples` with a fresh AdamW over the method's groups.
+    Returns one log row per optimizer step: loss, learning rate, seconds."""
+    optimizer = torch.optim.AdamW(method.param_groups(config.lr))
+    trained, optimizer = accelerator.prepare(model, optimizer)
     order = random.Random(seed)
-    log = []
-    model.train()
-    steps = epochs * -(-len(examples) // batch_size)
-    with tqdm(total=steps, desc=description, leave=False) as bar:
-        for _ in range(epochs):
+    micro_batches = -(-len(examples) // config.batch_size)
+    steps = config.epochs * -(-micro_batches // config.grad_accum)
+    log: list[dict] = []
+    losses: list[float] = []
+    trained.train()
+    began = time.perf_counter()
+    with tqdm(total=steps, desc=description, leave=False, disable=not accelerator.is_local_main_process) as bar:
+        for _ in range(config.epochs):
             shuffled = examples[:]
             order.shuffle(shuffled)
-            for start in range(0, len(shuffled), batch_size):
-                began = time.perf_counter()
-                batch = training_batch(tokenizer, shuffled[start:start + batch_size], max_prompt_tokens,
-                                       max_answer_tokens)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                outputs = model(**batch)
-                loss = outputs.loss
-                extra = extra_loss(batch, outputs) if extra_loss else None
-                if extra is not None:
-                    loss = loss + extra
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                log.append({"loss": loss.item(), "seconds": time.perf_counter() - began})
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                bar.update()
-    model.eval()
+            for start in range(0, len(shuffled), config.batch_size):
+                batch = training_batch(tokenizer, shuffled[start:start + config.batch_size],
+                                       config.max_prompt_tokens, config.max_answer_tokens)
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                with accelerator.accumulate(trained):
+                    outputs = trained(**batch)
+                    loss = outputs.loss
+                    extra = method.extra_loss(batch, outputs)
+                    if extra is not None:
+                        loss = loss + extra
+                    accelerator.backward(loss)
+                    losses.append(loss.item())
+                    if accelerator.sync_gradients:
+                        method.before_optimizer_step()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    mean_loss = sum(losses) / len(losses)
+                    log.append({"step": len(log), "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"],
+                                "seconds": time.perf_counter() - began})
+                    losses, began = [], time.perf_counter()
+                    bar.set_postfix(loss=f"{mean_loss:.3f}")
+                    bar.update()
+    trained.eval()
+    accelerator.free_memory()
     return log

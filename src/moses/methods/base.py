@@ -1,0 +1,66 @@
+"""The interface every continual-learning method implements; the runner calls only these hooks.
+
+A method owns how the base model is adapted and which parameters train; the one training loop
+(runner/train.py) owns batching, the optimizer step and logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from moses.data.stream import Task
+
+
+class Method:
+    name: ClassVar[str]
+    uses_task_id: ClassVar[bool] = False  # True: inference needs the task id (TIL)
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.model: nn.Module | None = None
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Wrap the base model; return the model the loop trains and evaluates."""
+        raise NotImplementedError
+
+    def on_task_start(self, task: Task, index: int) -> None:
+        """Called before the first step of each task."""
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Parameter groups of a fresh optimizer for the current task."""
+        raise NotImplementedError
+
+    def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
+        """A loss added to the LM loss of every step (regularisers)."""
+        return None
+
+    def before_optimizer_step(self) -> None:
+        """After backward, before the optimizer step (gradient surgery)."""
+
+    def on_task_end(self, task: Task, index: int) -> None:
+        """After the last step of a task."""
+
+    @contextmanager
+    def inference_context(self, task_name: str | None) -> Iterator[None]:
+        """Evaluate as task `task_name` (None: the task is unknown)."""
+        yield
+
+    def save(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, model: nn.Module, directory: Path) -> nn.Module:
+        """Restore a saved state onto a fresh base model; returns the prepared model."""
+        raise NotImplementedError
+
+    def capacity(self) -> dict[str, Any] | None:
+        return None
+
+    def trainable_parameters(self) -> int:
+        assert self.model is not None
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)

@@ -1,0 +1,110 @@
+"""RunConfig: every hyperparameter of a run; saved as config.json beside its results and checkpoints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from moses.errors import ConfigError
+from moses.io import atomic_write_text, read_mapping
+from moses.models import DEFAULT_MODEL
+
+STREAMS = ("demo", "trace", "manifest")
+
+
+@dataclass
+class RunConfig:
+    # model
+    model: str = DEFAULT_MODEL
+    device: str = "auto"  # "auto": what accelerate picks (a GPU when there is one), or "cpu"
+    dtype: str = "float32"
+    # method
+    method: str = "moses"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    # task stream
+    stream: str = "demo"
+    data_dir: str | None = None
+    manifest: str | None = None
+    tasks: list[str] | None = None
+    n_train: int | None = 64
+    n_test: int | None = 32
+    eval_as_train: bool = False
+    # training
+    lr: float = 3e-3
+    epochs: int = 4
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_prompt_tokens: int = 320
+    max_answer_tokens: int = 64
+    seed: int = 0
+    # evaluation
+    eval_batch_size: int = 16
+    zero_shot: bool = True
+    fwt: bool = False  # also evaluate tasks not trained yet (forward transfer)
+    output: str = "runs/run"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"config {name}={getattr(self, name)!r}: {why}")
+
+        for name in ("epochs", "batch_size", "grad_accum", "max_prompt_tokens", "max_answer_tokens",
+                     "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, "must be a positive integer")
+        for name in ("n_train", "n_test"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise bad(name, "must be a positive integer or null (all)")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
+            raise bad("lr", "must be a number > 0")
+        if self.stream not in STREAMS:
+            raise bad("stream", f"must be one of {', '.join(STREAMS)}")
+        if self.stream == "trace" and not self.data_dir:
+            raise bad("data_dir", "is required with stream 'trace'")
+        if self.stream == "manifest" and not self.manifest:
+            raise bad("manifest", "is required with stream 'manifest'")
+        names_ok = isinstance(self.tasks, list) and all(isinstance(t, str) for t in self.tasks)
+        if self.tasks is not None and not names_ok:
+            raise bad("tasks", "must be a list of task names")
+        if not isinstance(self.method_options, dict):
+            raise bad("method_options", "must be a mapping")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise bad("dtype", "must be float32, bfloat16 or float16")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of settings")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> RunConfig:
+        """A YAML or JSON file of settings; `overrides` (e.g. from the command line) win."""
+        path = Path(path)
+        data = read_mapping(path) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        base = path.parent
+        for key in ("data_dir", "manifest"):  # relative paths in a config file are relative to the file
+            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                data[key] = str((base / data[key]).resolve())
+        return cls.from_dict({**data, **overrides}, source=str(path))
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,0 +1,212 @@
+"""One continual-learning run: train a task stream with one method, evaluate after every task, and keep a
+run directory that survives interruption.
+
+    <output>/config.json              every hyperparameter
+    <output>/results.json             R, zero-shot row, metrics, timings, capacity (rewritten atomically)
+    <output>/train_log.jsonl          one row per optimizer step
+    <output>/predictions/after-<i>-<task>.jsonl
+    <output>/checkpoints/<i>-<task>/  the method's state after task i (the last one is kept)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from moses.data.demo import demo_stream
+from moses.data.stream import Task, load_manifest
+from moses.data.trace import load_trace
+from moses.errors import CheckpointError, ConfigError
+from moses.io import atomic_write_text
+from moses.methods import make_method
+from moses.metrics.continual import summarize
+from moses.models import load_model
+from moses.runner.config import RunConfig
+from moses.runner.evaluate import evaluate_task
+from moses.runner.train import train_task
+
+CONFIG_FILE, RESULTS_FILE, LOG_FILE = "config.json", "results.json", "train_log.jsonl"
+
+
+def build_stream(config: RunConfig) -> list[Task]:
+    if config.stream == "demo":
+        stream = demo_stream(n_train=config.n_train or 64, n_test=config.n_test or 24, seed=config.seed)
+    elif config.stream == "trace":
+        return load_trace(config.data_dir, config.tasks, config.n_train, config.n_test, config.eval_as_train)
+    else:
+        stream = load_manifest(config.manifest, config.n_train, config.n_test)
+    if config.tasks:
+        by_name = {t.name: t for t in stream}
+        unknown = [n for n in config.tasks if n not in by_name]
+        if unknown:
+            raise ConfigError(f"unknown task(s) {', '.join(unknown)} (this stream has: {', '.join(by_name)})")
+        stream = [by_name[n] for n in config.tasks]
+    return stream
+
+
+def checkpoint_dir(output: Path, index: int, task: Task) -> Path:
+    return output / "checkpoints" / f"{index:02d}-{task.name}"
+
+
+def read_results(output: Path) -> dict[str, Any] | None:
+    path = output / RESULTS_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}") from None
+
+
+def _accelerator(config: RunConfig):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=config.device == "cpu", gradient_accumulation_steps=config.grad_accum)
+
+
+def _write_results(output: Path, results: dict[str, Any]) -> None:
+    atomic_write_text(output / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(output / LOG_FILE, "".join(json.dumps(row) + "\n" for row in results["train_log"]))
+
+
+def _write_predictions(output: Path, name: str, records: list[dict]) -> None:
+    atomic_write_text(output / "predictions" / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                                        for r in records))
+
+
+def _save_checkpoint(method, output: Path, index: int, task: Task) -> None:
+    """Save into a temporary folder, then rename: a checkpoint folder is complete or absent."""
+    final = checkpoint_dir(output, index, task)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    method.save(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for older in final.parent.iterdir():  # keep only the newest state: resuming needs nothing else
+        if older != final and not older.name.startswith("."):
+            shutil.rmtree(older)
+
+
+def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
+    """Train and evaluate the stream; with `resume`, continue after the last finished task."""
+    from accelerate.utils import set_seed
+
+    output = Path(config.output)
+    results = read_results(output)
+    if results is not None and not resume and results.get("completed", 0) > 0:
+        raise ConfigError(f"{output}: already holds a run; pass --resume to continue it or choose another --output")
+    if resume and results is not None:
+        saved = RunConfig.from_dict(json.loads((output / CONFIG_FILE).read_text()), str(output / CONFIG_FILE))
+        if saved != config:
+            diffs = [k for k, v in saved.to_dict().items() if config.to_dict()[k] != v]
+            raise CheckpointError(f"{output / CONFIG_FILE}: the run was started with other settings "
+                                  f"({', '.join(diffs)}); resume with the same ones")
+    tasks = build_stream(config)
+    names = [t.name for t in tasks]
+    method = make_method(config.method, config.method_options)
+    accelerator = _accelerator(config)
+    main = accelerator.is_main_process
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        config.save(output / CONFIG_FILE)
+    if results is None or not resume:
+        results = {"method": config.method, "tasks": names, "completed": 0, "zero_shot": None,
+                   "R": [], "train_seconds": [], "eval_seconds": [], "train_log": [], "capacity": None,
+                   "metrics": None, "trainable_parameters": None}
+    set_seed(config.seed)
+    echo(f"[{config.method}] loading {config.model} ...")
+    base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
+    completed = results["completed"]
+    if completed:
+        last = checkpoint_dir(output, completed - 1, tasks[completed - 1])
+        if not last.is_dir():
+            raise CheckpointError(f"{last}: checkpoint of the last finished task is missing; cannot resume")
+        model = method.load(base, last)
+        echo(f"[{config.method}] resuming after task {completed}/{len(tasks)} ({names[completed - 1]})")
+    else:
+        model = method.prepare(base)
+    results["trainable_parameters"] = method.trainable_parameters()
+
+    def evaluate_row(stage: str, columns: list[int], task_given: bool) -> list[float | None]:
+        began = time.perf_counter()
+        row: list[float | None] = [None] * len(tasks)
+        for j in columns:
+            with method.inference_context(names[j] if task_given else None):
+                score, records = evaluate_task(model, tokenizer, tasks[j], config.eval_batch_size,
+                                               config.max_prompt_tokens)
+            row[j] = score
+            if main:
+                _write_predictions(output, f"{stage}-{names[j]}", records)
+        results["eval_seconds"].append(time.perf_counter() - began)
+        return row
+
+    if config.zero_shot and results["zero_shot"] is None:
+        results["zero_shot"] = evaluate_row("zero-shot", list(range(len(tasks))), task_given=False)
+        if main:
+            _write_results(output, results)
+    for i in range(completed, len(tasks)):
+        task = tasks[i]
+        set_seed(config.seed + i)
+        began = time.perf_counter()
+        method.on_task_start(task, i)
+        log = train_task(model, tokenizer, task.train, method, config, accelerator, seed=config.seed + i,
+                         description=f"[{config.method}] train {task.name} ({i + 1}/{len(tasks)})")
+        method.on_task_end(task, i)
+        results["train_seconds"] = results["train_seconds"][:i] + [time.perf_counter() - began]
+        results["train_log"] = [r for r in results["train_log"] if r["task"] != task.name]
+        results["train_log"] += [{"task": task.name, **row} for row in log]
+        if main:
+            _save_checkpoint(method, output, i, task)
+        columns = list(range(len(tasks))) if config.fwt else list(range(i + 1))
+        row = evaluate_row(f"after-{i:02d}", columns, task_given=True)
+        results["R"] = results["R"][:i] + [row]
+        results["completed"] = i + 1
+        results["capacity"] = method.capacity()
+        seen = [[r[j] for j in range(i + 1)] for r in results["R"]]
+        results["metrics"] = summarize(seen, results["zero_shot"][: i + 1] if results["zero_shot"] else None)
+        if main:
+            _write_results(output, results)
+        scores = ", ".join(f"{names[j]} {row[j]:.1f}" for j in range(i + 1))
+        echo(f"[{config.method}] after {task.name}: {scores} ({results['train_seconds'][i]:.0f}s training, "
+             f"final loss {log[-1]['loss']:.3f})")
+    return results
+
+
+def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None) -> dict[str, Any]:
+    """Scores of a run's last checkpoint on its trained tasks, with the task id given (til) or not (tail);
+    written to <output>/eval-<mode>.json."""
+    config_path = output / CONFIG_FILE
+    if not config_path.is_file():
+        raise ConfigError(f"{output}: no {CONFIG_FILE} (not a run directory)")
+    try:
+        config = RunConfig.from_dict(json.loads(config_path.read_text()), str(config_path))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path}: malformed JSON at line {err.lineno} column {err.colno}") from None
+    results = read_results(output)
+    completed = results["completed"] if results else 0
+    if completed == 0:
+        raise CheckpointError(f"{output}: no task has finished training yet")
+    stream = build_stream(config)
+    trained = {t.name: t for t in stream[:completed]}
+    chosen = tasks or list(trained)
+    unknown = [n for n in chosen if n not in trained]
+    if unknown:
+        raise ConfigError(f"task(s) {', '.join(unknown)} not trained in this run (trained: {', '.join(trained)})")
+    method = make_method(config.method, config.method_options)
+    base, tokenizer = load_model(config.model, device=str(_accelerator(config).device), dtype=config.dtype)
+    model = method.load(base, checkpoint_dir(output, completed - 1, stream[completed - 1]))
+    scores, records = {}, []
+    for name in chosen:
+        with method.inference_context(name if mode == "til" else None):
+            scores[name], task_records = evaluate_task(model, tokenizer, trained[name], config.eval_batch_size,
+                                                       config.max_prompt_tokens)
+        records += task_records
+    path = output / f"eval-{mode}.json"
+    summary = {"mode": mode, "after_task": stream[completed - 1].name, "scores": scores,
+               "mean": sum(scores.values()) / len(scores)}
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+    _write_predictions(output, f"eval-{mode}", records)
+    return {**summary, "path": str(path)}

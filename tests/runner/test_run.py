@@ -1,0 +1,102 @@
+"""End to end on a tiny random Llama saved as a local HF directory: run directory, TIL invariance, resume."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from moses.errors import CheckpointError, ConfigError
+from moses.runner import run as run_module
+from moses.runner.config import RunConfig
+from moses.runner.run import evaluate_run, run
+
+
+def tiny_config(model_dir, output, **overrides) -> RunConfig:
+    settings = {"model": model_dir, "stream": "demo", "n_train": 8, "n_test": 8, "epochs": 4, "batch_size": 4,
+                "lr": 5e-2, "device": "cpu", "output": str(output), "method": "moses",
+                "method_options": {}}
+    return RunConfig(**{**settings, **overrides})
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def moses_run(tiny_model_dir, tmp_path_factory):
+    config = tiny_config(tiny_model_dir, tmp_path_factory.mktemp("run") / "moses")
+    return config, run(config, echo=lambda *_: None)
+
+
+def test_run_directory_layout(moses_run):
+    config, results = moses_run
+    output = Path(config.output)
+    assert {p.name for p in output.iterdir()} >= {"config.json", "results.json", "train_log.jsonl", "predictions",
+                                                  "checkpoints"}
+    assert RunConfig(**json.loads((output / "config.json").read_text())) == config
+    saved = json.loads((output / "results.json").read_text())
+    assert saved["completed"] == 2 and saved["tasks"] == ["alive", "size"]
+    assert len(saved["R"]) == 2 and saved["R"][0][1] is None  # future tasks not evaluated by default
+    log = read_jsonl(output / "train_log.jsonl")
+    assert [r["task"] for r in log] == ["alive"] * 8 + ["size"] * 8 and all(r["loss"] > 0 for r in log)
+    assert [p.name for p in (output / "checkpoints").iterdir()] == ["01-size"]
+    assert saved["capacity"]["num_tasks"] == 2 and saved["metrics"]["OP"] is not None
+
+
+def test_moses_keeps_earlier_tasks_exactly(moses_run):
+    config, results = moses_run
+    R = results["R"]
+    assert R[0][0] > results["zero_shot"][0]  # the task was learned (the answer format at least)
+    assert R[1][0] == R[0][0] and results["metrics"]["BWT"] == 0.0
+    predictions = Path(config.output) / "predictions"
+    assert read_jsonl(predictions / "after-00-alive.jsonl") == read_jsonl(predictions / "after-01-alive.jsonl")
+
+
+def test_interrupted_run_resumes_to_the_same_result(moses_run, tiny_model_dir, tmp_path, monkeypatch):
+    _, uninterrupted = moses_run
+    config = tiny_config(tiny_model_dir, tmp_path / "resumed")
+    real_train = run_module.train_task
+    calls = []
+
+    def interrupt_second_task(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "train_task", interrupt_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, echo=lambda *_: None)
+    assert json.loads((tmp_path / "resumed" / "results.json").read_text())["completed"] == 1
+    monkeypatch.setattr(run_module, "train_task", real_train)
+    with pytest.raises(ConfigError, match="--resume"):
+        run(config, echo=lambda *_: None)
+    with pytest.raises(CheckpointError, match="other settings \\(lr\\)"):
+        run(replace(config, lr=1e-3), resume=True, echo=lambda *_: None)
+    resumed = run(config, resume=True, echo=lambda *_: None)
+    assert resumed["R"] == uninterrupted["R"]
+    assert [r["loss"] for r in resumed["train_log"]] == [r["loss"] for r in uninterrupted["train_log"]]
+
+
+def test_evaluate_run_til_reproduces_the_last_row(moses_run):
+    config, results = moses_run
+    scores = evaluate_run(Path(config.output), mode="til")
+    assert list(scores["scores"].values()) == results["R"][-1]
+    assert (Path(config.output) / "eval-til.json").is_file()
+    with pytest.raises(ConfigError, match="not trained in this run"):
+        evaluate_run(Path(config.output), tasks=["nope"])
+
+
+def test_seq_lora_runs_in_the_same_loop(tiny_model_dir, tmp_path):
+    config = tiny_config(tiny_model_dir, tmp_path / "seq", method="seq-lora", method_options={"r": 4})
+    results = run(config, echo=lambda *_: None)
+    assert results["completed"] == 2 and results["capacity"] is None
+    assert (tmp_path / "seq" / "checkpoints" / "01-size" / "adapter_model.safetensors").is_file()
+
+
+def test_unknown_method_and_options_are_config_errors(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        run(tiny_config(tiny_model_dir, tmp_path, method="nope"), echo=lambda *_: None)
+    with pytest.raises(ConfigError, match="unknown MoSEsConfig field"):
+        run(tiny_config(tiny_model_dir, tmp_path, method_options={"experts": 3}), echo=lambda *_: None)
