@@ -59,7 +59,7 @@ def test_unknown_trace_task_and_malformed_json(tmp_path, capsys):
     assert main(["run", "--data-dir", str(tmp_path), "--tasks", "FOMC,Bogus", "--output", str(tmp_path / "o")]) == 2
     assert "unknown TRACE task(s) Bogus" in capsys.readouterr().err
     assert main(["run", "--data-dir", str(tmp_path), "--tasks", "FOMC", "--output", str(tmp_path / "o")]) == 2
-    assert "FOMC/train.json: malformed JSON at line 2 column 15" in capsys.readouterr().err
+    assert "FOMC/train.json: malformed JSON at line 2 column 16" in capsys.readouterr().err
 
 
 def test_bad_config_file(tmp_path, capsys):

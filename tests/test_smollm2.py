@@ -36,7 +36,7 @@ def test_two_tasks_on_smollm2_keep_the_first(smollm2, tmp_path):
     with torch.no_grad():
         base_logits = base(**batch).logits
     method = make_method("moses")
-    model = method.prepare(base)
+    model = method.prepare(base, tokenizer)
     config = RunConfig(epochs=1, batch_size=8, lr=1e-2, device="cpu")
     accelerator = Accelerator(cpu=True)
     try:

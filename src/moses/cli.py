@@ -144,6 +144,12 @@ def _eval(args: argparse.Namespace) -> int:
     for name, score in scores["scores"].items():
         print(f"{name:20s} {score:6.1f}")
     print(f"mean {scores['mean']:.1f} ({args.mode}); written to {scores['path']}")
+    if "task_id_accuracy" in scores:
+        print(f"task-id accuracy {scores['task_id_accuracy']:.1f}%; confusion (rows: true task, columns: inferred):")
+        names = list(scores["task_id_confusion"])
+        print(" " * 20 + "".join(f"{n[:10]:>11s}" for n in names))
+        for name, row in scores["task_id_confusion"].items():
+            print(f"{name:20s}" + "".join(f"{row[n]:11d}" for n in names))
     return 0
 
 

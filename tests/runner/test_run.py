@@ -100,3 +100,11 @@ def test_unknown_method_and_options_are_config_errors(tiny_model_dir, tmp_path):
         run(tiny_config(tiny_model_dir, tmp_path, method="nope"), echo=lambda *_: None)
     with pytest.raises(ConfigError, match="unknown MoSEsConfig field"):
         run(tiny_config(tiny_model_dir, tmp_path, method_options={"experts": 3}), echo=lambda *_: None)
+
+
+def test_tail_evaluation_infers_task_ids(moses_run):
+    config, _ = moses_run
+    summary = evaluate_run(Path(config.output), mode="tail")
+    assert summary["task_id_accuracy"] >= 95.0, summary["task_id_confusion"]
+    assert set(summary["task_id_confusion"]) == {"alive", "size"}
+    assert sum(summary["task_id_confusion"]["alive"].values()) == config.n_test

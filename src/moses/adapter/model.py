@@ -18,6 +18,7 @@ from torch import nn
 from moses.adapter.config import ATTENTION_TARGETS_BY_MODEL_TYPE, DEFAULT_TARGETS, MoSEsConfig
 from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext
 from moses.adapter.masks import compressed_size, pack_bits, unpack_bits
+from moses.adapter.taskid import TaskPrototypes, embed_prompts
 from moses.errors import CheckpointError, ConfigError, TaskError
 from moses.io import atomic_write, atomic_write_text
 
@@ -73,6 +74,9 @@ class MoSEsModel(nn.Module):
                               f"of this {type(model).__name__}")
         self.resolved_targets = targets
         self.model = model
+        self.prototypes = TaskPrototypes(model.get_input_embeddings().embedding_dim)
+        self.prototypes.to(next(model.parameters()).device)
+        self.infers_task_ids = False  # TaIL: pick each sample's task from its prompt when none is given
 
     # ---- forwarding, like peft's PeftModel ----
     def __getattr__(self, name: str) -> Any:
@@ -187,7 +191,35 @@ class MoSEsModel(nn.Module):
             raise TaskError(f"task {self.active_task!r} is frozen (ended) and cannot be trained; evaluate it under "
                             "torch.no_grad() or model.eval(), or add_task() a new task")
 
+    # ---- task-id inference (TaIL) ----
+    def observe_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                        task: str | int | None = None) -> None:
+        """Add prompts to a task's prototype (default: the task being trained) for `infer_tasks`."""
+        index = self.context.training if task is None else self.task_index(task)
+        if index is None:
+            raise TaskError("observe_prompts() needs a task: none is being trained")
+        with self.disable_adapter():
+            self.prototypes.add(index, embed_prompts(self.model, input_ids, attention_mask))
+
+    def infer_tasks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Each prompt's task index: the nearest task prototype of its base-model embedding."""
+        if not self.prototypes.ready():
+            raise TaskError("no task prototypes: call observe_prompts() on each task's training prompts")
+        with self.disable_adapter():
+            return self.prototypes.nearest(embed_prompts(self.model, input_ids, attention_mask))
+
+    def set_task_inference(self, enabled: bool = True) -> None:
+        """When enabled, forward/generate without task_ids infer a task per sample from its prompt
+        (for step-by-step decoding with a KV cache, pass task_ids, or use generate)."""
+        self.infers_task_ids = enabled
+
+    def _task_ids_for(self, task_ids: TaskIds | None, kwargs: dict[str, Any]) -> TaskIds | None:
+        if task_ids is None and self.infers_task_ids and kwargs.get("input_ids") is not None:
+            return self.infer_tasks(kwargs["input_ids"], kwargs.get("attention_mask"))
+        return task_ids
+
     def forward(self, *args, task_ids: TaskIds | None = None, **kwargs):
+        task_ids = self._task_ids_for(task_ids, kwargs)
         self._check_trainable()
         for _, layer in self.moses_layers():
             layer.aux_loss = None
@@ -199,6 +231,7 @@ class MoSEsModel(nn.Module):
         return outputs
 
     def generate(self, *args, task_ids: TaskIds | None = None, **kwargs):
+        task_ids = self._task_ids_for(task_ids, kwargs)
         with self.per_sample_tasks(task_ids):
             return self.model.generate(*args, **kwargs)
 
@@ -308,6 +341,9 @@ class MoSEsModel(nn.Module):
                 mask_a, mask_b = la.task_mask(t)
                 state[f"{name}.mask_A.{t}"] = pack_bits(mask_a)
                 state[f"{name}.mask_B.{t}"] = pack_bits(mask_b)
+        if self.prototypes.num_tasks:
+            state["task_prototypes.sums"] = self.prototypes.sums
+            state["task_prototypes.counts"] = self.prototypes.counts
         return {k: v.contiguous().cpu() for k, v in state.items()}
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -352,7 +388,8 @@ class MoSEsModel(nn.Module):
         expected = {f"{n}.{k}" for n in layers for k in ("lora_A", "lora_B", "scores_A", "scores_B")}
         expected |= {f"{n}.router.{t}" for n in layers for t in range(len(names))}
         expected |= {f"{n}.mask_{w}.{t}" for n in layers for w in "AB" for t in range(ended)}
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        optional = {"task_prototypes.sums", "task_prototypes.counts"}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected - optional)
         if missing or unexpected:
             raise CheckpointError(f"{source}: does not match this model and adapter config "
                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -370,6 +407,13 @@ class MoSEsModel(nn.Module):
                     except ValueError as err:
                         raise CheckpointError(f"{source}: {name}.mask.{t}: {err}") from None
                     la.store_task_mask(t, *masks)
+        if "task_prototypes.sums" in state:
+            sums, counts = state["task_prototypes.sums"], state["task_prototypes.counts"]
+            if sums.dim() != 2 or sums.shape[1] != self.prototypes.sums.shape[1] or counts.shape != sums.shape[:1]:
+                raise CheckpointError(f"{source}: task_prototypes has shape {tuple(sums.shape)}, model needs "
+                                      f"(tasks, {self.prototypes.sums.shape[1]})")
+            self.prototypes.sums = sums.to(self.prototypes.sums)
+            self.prototypes.counts = counts.to(self.prototypes.counts)
         self._task_names = list(names)
         self._ended = ended
         self.context.training = None if training is None else self.task_index(training)

@@ -24,8 +24,9 @@ class Method:
     def __init__(self, **options: Any) -> None:
         self.options = options
         self.model: nn.Module | None = None
+        self.tokenizer = None
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, tokenizer) -> nn.Module:
         """Wrap the base model; return the model the loop trains and evaluates."""
         raise NotImplementedError
 
@@ -54,9 +55,13 @@ class Method:
     def save(self, directory: Path) -> None:
         raise NotImplementedError
 
-    def load(self, model: nn.Module, directory: Path) -> nn.Module:
+    def load(self, model: nn.Module, tokenizer, directory: Path) -> nn.Module:
         """Restore a saved state onto a fresh base model; returns the prepared model."""
         raise NotImplementedError
+
+    def infer_task_names(self, prompts: list[str]) -> list[str] | None:
+        """The task each prompt is taken for when no id is given (None: the method does not infer one)."""
+        return None
 
     def capacity(self) -> dict[str, Any] | None:
         return None

@@ -1,4 +1,4 @@
-"""MoSEs as a runner plug-in: a task id at training and at inference (TIL)."""
+"""MoSEs as a runner plug-in: TIL with the task id, TaIL by inferring it from the prompt."""
 
 from __future__ import annotations
 
@@ -7,22 +7,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from moses.adapter import MoSEsConfig, MoSEsModel, get_moses_model
+from moses.data.collate import generation_batch
 from moses.data.stream import Task
+from moses.errors import ConfigError
 from moses.methods.base import Method
+
+TAIL_RULES = ("prototype", "latest")
 
 
 class MoSEsMethod(Method):
+    """Options: every MoSEsConfig field, plus `tail`: "prototype" (nearest mean base-model embedding of
+    each task's training prompts; the spec's default) or "latest" (the last task's masks and router)."""
+
     name = "moses"
     uses_task_id = True
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.config = MoSEsConfig.from_dict(options, source="method options")
+        self.tail = options.pop("tail", "prototype")
+        if self.tail not in TAIL_RULES:
+            raise ConfigError(f"moses option tail={self.tail!r}: must be one of {', '.join(TAIL_RULES)}")
+        self.config = MoSEsConfig.from_dict(options, source="moses options")
+        self.prompt_tokens = 320
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, tokenizer) -> nn.Module:
+        self.tokenizer = tokenizer
         self.model = get_moses_model(model, self.config)
         return self.model
 
@@ -33,23 +46,48 @@ class MoSEsMethod(Method):
         return self.model.optimizer_param_groups(lr)
 
     def on_task_end(self, task: Task, index: int) -> None:
+        for batch in self._prompt_batches([e["prompt"] for e in task.train]):
+            self.model.observe_prompts(batch["input_ids"], batch["attention_mask"])
         self.model.end_task()
+
+    def _prompt_batches(self, prompts: list[str], size: int = 16) -> Iterator[dict[str, torch.Tensor]]:
+        device = next(self.model.parameters()).device
+        for start in range(0, len(prompts), size):
+            batch = generation_batch(self.tokenizer, prompts[start:start + size], self.prompt_tokens)
+            yield {k: v.to(device) for k, v in batch.items()}
 
     @contextmanager
     def inference_context(self, task_name: str | None) -> Iterator[None]:
-        if task_name is None:  # until task inference lands: the latest task's masks and router
-            task_name = self.model.tasks[-1] if self.model.tasks else None
-        if task_name is None:
-            with self.model.disable_adapter():
+        model = self.model
+        if task_name is not None:
+            model.set_task(task_name)
+            yield
+        elif not model.tasks:  # nothing learned yet: the base model
+            with model.disable_adapter():
                 yield
-            return
-        self.model.set_task(task_name)
-        yield
+        elif self.tail == "latest":
+            model.set_task(model.tasks[-1])
+            yield
+        else:
+            model.set_task_inference(True)
+            try:
+                yield
+            finally:
+                model.set_task_inference(False)
+
+    def infer_task_names(self, prompts: list[str]) -> list[str] | None:
+        if self.tail == "latest":
+            return [self.model.tasks[-1]] * len(prompts)
+        names = []
+        for batch in self._prompt_batches(prompts):
+            names += [self.model.tasks[i] for i in self.model.infer_tasks(**batch).tolist()]
+        return names
 
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
 
-    def load(self, model: nn.Module, directory: Path) -> nn.Module:
+    def load(self, model: nn.Module, tokenizer, directory: Path) -> nn.Module:
+        self.tokenizer = tokenizer
         self.model = MoSEsModel.from_pretrained(model, directory, config=self.config)
         return self.model
 

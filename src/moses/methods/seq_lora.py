@@ -29,9 +29,10 @@ class SeqLoRAMethod(Method):
         return LoraConfig(r=o["r"], lora_alpha=o["alpha"], lora_dropout=o["dropout"],
                           target_modules=o["target_modules"], task_type="CAUSAL_LM")
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, tokenizer) -> nn.Module:
         from peft import get_peft_model
 
+        self.tokenizer = tokenizer
         self.model = get_peft_model(model, self.lora_config())
         return self.model
 
@@ -42,8 +43,9 @@ class SeqLoRAMethod(Method):
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
 
-    def load(self, model: nn.Module, directory: Path) -> nn.Module:
+    def load(self, model: nn.Module, tokenizer, directory: Path) -> nn.Module:
         from peft import PeftModel
 
+        self.tokenizer = tokenizer
         self.model = PeftModel.from_pretrained(model, directory, is_trainable=True)
         return self.model

@@ -124,10 +124,10 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         last = checkpoint_dir(output, completed - 1, tasks[completed - 1])
         if not last.is_dir():
             raise CheckpointError(f"{last}: checkpoint of the last finished task is missing; cannot resume")
-        model = method.load(base, last)
+        model = method.load(base, tokenizer, last)
         echo(f"[{config.method}] resuming after task {completed}/{len(tasks)} ({names[completed - 1]})")
     else:
-        model = method.prepare(base)
+        model = method.prepare(base, tokenizer)
     results["trainable_parameters"] = method.trainable_parameters()
 
     def evaluate_row(stage: str, columns: list[int], task_given: bool) -> list[float | None]:
@@ -197,16 +197,24 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
         raise ConfigError(f"task(s) {', '.join(unknown)} not trained in this run (trained: {', '.join(trained)})")
     method = make_method(config.method, config.method_options)
     base, tokenizer = load_model(config.model, device=str(_accelerator(config).device), dtype=config.dtype)
-    model = method.load(base, checkpoint_dir(output, completed - 1, stream[completed - 1]))
-    scores, records = {}, []
+    model = method.load(base, tokenizer, checkpoint_dir(output, completed - 1, stream[completed - 1]))
+    scores, records, confusion = {}, [], {}
     for name in chosen:
         with method.inference_context(name if mode == "til" else None):
             scores[name], task_records = evaluate_task(model, tokenizer, trained[name], config.eval_batch_size,
                                                        config.max_prompt_tokens)
         records += task_records
+        if mode == "tail":
+            inferred = method.infer_task_names([e["prompt"] for e in trained[name].test])
+            if inferred is not None:
+                confusion[name] = {other: inferred.count(other) for other in trained}
     path = output / f"eval-{mode}.json"
     summary = {"mode": mode, "after_task": stream[completed - 1].name, "scores": scores,
                "mean": sum(scores.values()) / len(scores)}
+    if confusion:  # rows: true task; columns: inferred task
+        total = sum(sum(row.values()) for row in confusion.values())
+        summary["task_id_accuracy"] = 100.0 * sum(confusion[t][t] for t in confusion) / total
+        summary["task_id_confusion"] = confusion
     atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
     _write_predictions(output, f"eval-{mode}", records)
     return {**summary, "path": str(path)}
