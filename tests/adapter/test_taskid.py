@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from conftest import build
 
 from moses import MoSEsConfig, MoSEsModel, get_moses_model
 from moses.adapter.taskid import TaskPrototypes
 from moses.errors import TaskError
+
+from conftest import build
 
 
 def prompts(low: int, high: int, seed: int, n: int = 6) -> torch.Tensor:

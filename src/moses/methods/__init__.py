@@ -6,10 +6,19 @@ from typing import Any
 
 from moses.errors import ConfigError
 from moses.methods.base import Method
+from moses.methods.ewc import EWCMethod
+from moses.methods.lora_per_task import LoRAPerTaskMethod
+from moses.methods.moe_lora import MoELoRAMethod
 from moses.methods.moses import MoSEsMethod
+from moses.methods.multitask import MultitaskMethod
+from moses.methods.o_lora import OLoRAMethod
+from moses.methods.replay import ReplayMethod
 from moses.methods.seq_lora import SeqLoRAMethod
+from moses.methods.zero_shot import ZeroShotMethod
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (MoSEsMethod, SeqLoRAMethod)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
+    MoSEsMethod, SeqLoRAMethod, LoRAPerTaskMethod, ReplayMethod, EWCMethod, OLoRAMethod, MoELoRAMethod,
+    MultitaskMethod, ZeroShotMethod)}
 
 
 def make_method(name: str, options: dict[str, Any] | None = None) -> Method:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from moses.data.stream import Task
+from moses.data.stream import Example, Task
 
 
 class Method:
@@ -32,6 +32,10 @@ class Method:
 
     def on_task_start(self, task: Task, index: int) -> None:
         """Called before the first step of each task."""
+
+    def training_examples(self, task: Task, index: int, stream: list[Task]) -> list[Example]:
+        """What the loop trains on during `task` (replay mixes in old examples; multitask the union)."""
+        return task.train
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Parameter groups of a fresh optimizer for the current task."""
@@ -58,6 +62,9 @@ class Method:
     def load(self, model: nn.Module, tokenizer, directory: Path) -> nn.Module:
         """Restore a saved state onto a fresh base model; returns the prepared model."""
         raise NotImplementedError
+
+    def restore(self, stream: list[Task], completed: int) -> None:
+        """After `load` on resume: rebuild state that is derived from the stream (e.g. a replay buffer)."""
 
     def infer_task_names(self, prompts: list[str]) -> list[str] | None:
         """The task each prompt is taken for when no id is given (None: the method does not infer one)."""

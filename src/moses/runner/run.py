@@ -125,6 +125,7 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         if not last.is_dir():
             raise CheckpointError(f"{last}: checkpoint of the last finished task is missing; cannot resume")
         model = method.load(base, tokenizer, last)
+        method.restore(tasks, completed)
         echo(f"[{config.method}] resuming after task {completed}/{len(tasks)} ({names[completed - 1]})")
     else:
         model = method.prepare(base, tokenizer)
@@ -152,7 +153,8 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         set_seed(config.seed + i)
         began = time.perf_counter()
         method.on_task_start(task, i)
-        log = train_task(model, tokenizer, task.train, method, config, accelerator, seed=config.seed + i,
+        examples = method.training_examples(task, i, tasks)
+        log = train_task(model, tokenizer, examples, method, config, accelerator, seed=config.seed + i,
                          description=f"[{config.method}] train {task.name} ({i + 1}/{len(tasks)})")
         method.on_task_end(task, i)
         results["train_seconds"] = results["train_seconds"][:i] + [time.perf_counter() - began]
@@ -170,8 +172,8 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         if main:
             _write_results(output, results)
         scores = ", ".join(f"{names[j]} {row[j]:.1f}" for j in range(i + 1))
-        echo(f"[{config.method}] after {task.name}: {scores} ({results['train_seconds'][i]:.0f}s training, "
-             f"final loss {log[-1]['loss']:.3f})")
+        final = f", final loss {log[-1]['loss']:.3f}" if log else ""
+        echo(f"[{config.method}] after {task.name}: {scores} ({results['train_seconds'][i]:.0f}s training{final})")
     return results
 
 

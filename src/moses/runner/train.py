@@ -24,6 +24,8 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
                accelerator: Accelerator, seed: int, description: str = "train") -> list[dict]:
     """`config.epochs` seeded-shuffled passes over `examples` with a fresh AdamW over the method's groups.
     Returns one log row per optimizer step: loss, learning rate, seconds."""
+    if not examples:  # e.g. zero-shot, or multitask before the last stage
+        return []
     optimizer = torch.optim.AdamW(method.param_groups(config.lr))
     trained, optimizer = accelerator.prepare(model, optimizer)
     order = random.Random(seed)

@@ -1,0 +1,104 @@
+"""Shared ground of the LoRA baselines: peft LoRA adapters, one per stage or one for all.
+
+Adapters are named t0, t1, ... (peft keys cannot hold a task name's dots); `adapter_tasks.json` in a
+checkpoint lists which adapters exist, so `load` restores them all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from moses.errors import CheckpointError, ConfigError
+from moses.io import atomic_write_text
+from moses.methods.base import Method
+
+LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.0,
+                                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+INDEX_FILE = "adapter_tasks.json"
+
+
+class LoRAMethod(Method):
+    """One peft LoRA adapter ("t0") trained through every task; subclasses add adapters or losses."""
+
+    extra_defaults: dict[str, Any] = {}
+
+    def __init__(self, **options: Any) -> None:
+        defaults = {**LORA_DEFAULTS, **self.extra_defaults}
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise ConfigError(f"{self.name}: unknown option(s) {', '.join(unknown)} (known: {', '.join(defaults)})")
+        super().__init__(**{**defaults, **options})
+        self.adapters: list[str] = []
+        self.task_adapters: dict[str, str] = {}  # task name -> the adapter that learned it
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        o = self.options
+        return LoraConfig(r=o["r"], lora_alpha=o["alpha"], lora_dropout=o["dropout"],
+                          target_modules=o["target_modules"], task_type="CAUSAL_LM")
+
+    def prepare(self, model: nn.Module, tokenizer) -> nn.Module:
+        from peft import get_peft_model
+
+        self.tokenizer = tokenizer
+        self.model = get_peft_model(model, self.lora_config(), adapter_name="t0")
+        self.adapters = ["t0"]
+        return self.model
+
+    def on_task_start(self, task, index: int) -> None:
+        self.task_adapters[task.name] = self.adapters[-1]
+
+    def add_adapter(self) -> str:
+        """A new adapter, the only trainable one."""
+        name = f"t{len(self.adapters)}"
+        self.model.add_adapter(name, self.lora_config())
+        self.adapters.append(name)
+        self.model.set_adapter(name)
+        return name
+
+    def lora_parameters(self, adapter: str | None = None) -> list[nn.Parameter]:
+        """Trainable parameters (default), or every parameter of one adapter."""
+        if adapter is None:
+            return [p for p in self.model.parameters() if p.requires_grad]
+        return [p for n, p in self.model.named_parameters() if f".{adapter}." in n and "lora_" in n]
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"name": "lora", "params": self.lora_parameters(), "lr": lr, "weight_decay": 0.0}]
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+        index = {"adapters": self.adapters, "tasks": self.task_adapters}
+        atomic_write_text(directory / INDEX_FILE, json.dumps(index) + "\n")
+
+    def load(self, model: nn.Module, tokenizer, directory: Path) -> nn.Module:
+        from peft import PeftModel
+
+        self.tokenizer = tokenizer
+        index = directory / INDEX_FILE
+        try:
+            saved = json.loads(index.read_text())
+            self.adapters, self.task_adapters = saved["adapters"], saved["tasks"]
+        except (OSError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{index}: missing or malformed ({err})") from None
+        # peft keeps a non-default adapter in a subfolder of the same name
+        self.model = PeftModel.from_pretrained(model, directory / self.adapters[0], adapter_name=self.adapters[0],
+                                               is_trainable=True)
+        for name in self.adapters[1:]:
+            self.model.load_adapter(directory / name, adapter_name=name, is_trainable=True)
+        self.after_load()
+        return self.model
+
+    def after_load(self) -> None:
+        """Restore which adapters are active and trainable after `load` (default: the last one)."""
+        self.model.set_adapter(self.adapters[-1])
+
+    def adapter_bytes(self, adapter: str = "t0") -> int:
+        return sum(p.numel() * p.element_size() for p in self.lora_parameters(adapter))
+
+    def capacity(self) -> dict[str, Any]:
+        return {"stored_bytes": len(self.adapters) * self.adapter_bytes(), "adapters": len(self.adapters)}

@@ -1,0 +1,161 @@
+"""Every method on the same tiny run, plus each baseline's defining property."""
+
+import pytest
+import torch
+
+from moses.methods import METHODS, make_method
+from moses.methods.o_lora import orthogonality_loss
+from moses.runner.run import run
+from runner.test_run import tiny_config
+
+from conftest import build, random_batch
+
+QUIET = {"echo": lambda *_: None}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_runs_and_resumes_from_its_checkpoint(name, tiny_model_dir, tmp_path, monkeypatch):
+    from moses.runner import run as run_module
+
+    config = tiny_config(tiny_model_dir, tmp_path / name, method=name, epochs=2)
+    results = run(config, **QUIET)
+    assert results["completed"] == 2 and len(results["R"]) == 2
+    assert results["capacity"] is not None
+    if METHODS[name].uses_task_id:  # isolation: earlier tasks are untouched (TIL)
+        assert results["metrics"]["BWT"] == 0.0
+    # resume from the first checkpoint reproduces the second stage exactly
+    real_train, calls = run_module.train_task, []
+
+    def stop_at_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "train_task", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(tiny_model_dir, tmp_path / "again", method=name, epochs=2), **QUIET)
+    monkeypatch.setattr(run_module, "train_task", real_train)
+    resumed = run(tiny_config(tiny_model_dir, tmp_path / "again", method=name, epochs=2), resume=True, **QUIET)
+    assert resumed["R"] == results["R"]
+
+
+def test_seq_lora_is_peft_lora(tiny_model_dir):
+    """The baseline's adapter is peft's LoRA with the configured rank and scaling, numerically."""
+    from peft import LoraConfig, get_peft_model
+
+    from moses.models import load_model
+
+    method = make_method("seq-lora", {"r": 4, "alpha": 8})
+    base, tokenizer = load_model(tiny_model_dir)
+    model = method.prepare(base, tokenizer)
+    with torch.no_grad():
+        for p in method.lora_parameters():
+            p.normal_(0, 0.1)
+    reference_base, _ = load_model(tiny_model_dir)
+    reference = get_peft_model(reference_base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj",
+                                                                                             "v_proj", "o_proj"]))
+    reference.load_state_dict({k.replace(".t0.", ".default."): v for k, v in model.state_dict().items()})
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits)
+        layer = reference.base_model.model.model.layers[0].self_attn.q_proj
+        x = torch.randn(3, layer.in_features)
+        by_hand = layer.base_layer(x) + (8 / 4) * x @ layer.lora_A["default"].weight.T @ layer.lora_B["default"].weight.T
+        torch.testing.assert_close(layer(x), by_hand)
+
+
+def test_o_lora_loss_zero_for_orthogonal_and_positive_otherwise():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build("llama"), LoraConfig(r=2, target_modules=["q_proj"]), adapter_name="t0")
+    model.add_adapter("t1", LoraConfig(r=2, target_modules=["q_proj"]))
+    eye = torch.eye(32)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "lora_A") and "t0" in getattr(module, "lora_A", {}):
+                module.lora_A["t0"].weight.copy_(eye[:2])
+                module.lora_A["t1"].weight.copy_(eye[2:4] * 3)
+    assert orthogonality_loss(model, ["t0"], "t1").item() == 0.0
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "lora_A") and "t1" in getattr(module, "lora_A", {}):
+                module.lora_A["t1"].weight[0, 0] = 0.5
+    assert orthogonality_loss(model, ["t0"], "t1").item() == pytest.approx(0.5 * 2)  # two layers
+
+
+def test_ewc_penalty_zero_at_anchor_and_growing_away(tiny_model_dir):
+    from moses.data.demo import demo_stream
+    from moses.models import load_model
+
+    method = make_method("ewc", {"lam": 10.0, "fisher_examples": 4})
+    base, tokenizer = load_model(tiny_model_dir)
+    method.prepare(base, tokenizer)
+    assert method.penalty() is None
+    with torch.no_grad():  # a non-zero B, so A's gradient (and its Fisher) is non-zero too
+        for p in method.lora_parameters():
+            p.normal_(0, 0.1)
+    method.on_task_end(demo_stream(n_train=4)[0], 0)
+    assert method.penalty().item() == 0.0
+    params = list(method.named_lora().values())
+    penalties = []
+    for step in (0.01, 0.1, 1.0):
+        with torch.no_grad():
+            saved = [p.clone() for p in params]
+            for p in params:
+                p.add_(step)
+        penalties.append(method.penalty().item())
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+    assert 0 < penalties[0] < penalties[1] < penalties[2]
+    assert penalties[2] == pytest.approx(100 * penalties[1], rel=1e-3)  # quadratic
+
+
+def test_replay_buffer_holds_the_configured_counts():
+    from moses.data.demo import demo_stream
+
+    method = make_method("replay", {"per_task": 5})
+    alive, size = demo_stream(n_train=16)
+    assert method.training_examples(alive, 0, [alive, size]) == alive.train
+    method.on_task_end(alive, 0)
+    mixed = method.training_examples(size, 1, [alive, size])
+    assert len(mixed) == 16 + 5 and all(e in alive.train for e in mixed[16:])
+    method.on_task_end(size, 1)
+    assert {k: len(v) for k, v in method.buffer.items()} == {"alive": 5, "size": 5}
+
+
+def test_multitask_trains_once_on_the_union():
+    from moses.data.demo import demo_stream
+
+    method = make_method("multitask")
+    stream = demo_stream(n_train=8)
+    assert method.training_examples(stream[0], 0, stream) == []
+    assert len(method.training_examples(stream[1], 1, stream)) == 16
+
+
+def test_moe_lora_never_freezes(tiny_model_dir, tmp_path):
+    results = run(tiny_config(tiny_model_dir, tmp_path, method="moe-lora"), **QUIET)
+    from moses.adapter import MoSEsModel
+    from moses.models import load_model
+
+    base, _ = load_model(tiny_model_dir)
+    model = MoSEsModel.from_pretrained(base, tmp_path / "checkpoints" / "01-size")
+    assert model.tasks == ["shared"] and model.training_task == "shared"
+    assert all(not la.frozen_A.any() for _, la in model.moses_layers())
+    assert results["capacity"]["stored_bytes"] > 0
+
+
+def test_method_options_are_checked():
+    from moses.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown option"):
+        make_method("replay", {"per_tsk": 3})
+    with pytest.raises(ConfigError, match="tail='guess'"):
+        make_method("moses", {"tail": "guess"})
+    with pytest.raises(ConfigError, match="task_density"):
+        make_method("moe-lora", {"task_density": 0.5})
+
+
+def test_random_batch_helper_is_deterministic():
+    assert torch.equal(random_batch(1)["input_ids"], random_batch(1)["input_ids"])
