@@ -61,7 +61,8 @@ def test_seq_lora_is_peft_lora(tiny_model_dir):
         torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits)
         layer = reference.base_model.model.model.layers[0].self_attn.q_proj
         x = torch.randn(3, layer.in_features)
-        by_hand = layer.base_layer(x) + (8 / 4) * x @ layer.lora_A["default"].weight.T @ layer.lora_B["default"].weight.T
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        by_hand = layer.base_layer(x) + (8 / 4) * x @ a.T @ b.T
         torch.testing.assert_close(layer(x), by_hand)
 
 
