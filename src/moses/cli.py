@@ -115,6 +115,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from moses.report.compare import compare, comparison_markdown
+
+    config = _run_config(args, output="runs/compare")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = compare(config, methods, resume=not args.fresh)
+    print(comparison_markdown(rows))
+    print(f"written to {config.output}/compare.md, compare.json and compare.png")
+    return 0
+
+
 def _load_results(run_dir: str) -> dict:
     from moses.runner.run import read_results
 
@@ -181,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
     _add_run_flags(run)
     run.set_defaults(func=_run)
+
+    compare = commands.add_parser("compare", help="several methods on the same stream, side by side",
+                                  description="Run several methods on the same stream, budget and evaluation, one "
+                                  "after another (each resumable), and write a comparison table and bar chart.")
+    compare.add_argument("--methods", required=True, help="comma-separated, e.g. moses,seq-lora,replay")
+    compare.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
+    compare.add_argument("--fresh", action="store_true", help="refuse to reuse finished runs in --output")
+    _add_run_flags(compare, skip=("method",))
+    compare.set_defaults(func=_compare)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's final state",
                                    description="Evaluate the last checkpoint of a run on its tasks.")
