@@ -147,10 +147,38 @@ def test_training_batch_masks_prompt_and_truncates_prompt_from_the_left():
     ids, labels, mask = batch["input_ids"].tolist(), batch["labels"].tolist(), batch["attention_mask"].tolist()
     assert ids[0] == [ord(c) for c in "defXY"] + [0]  # "abc" cut, the cue at the end kept; EOS appended
     assert labels[0] == [IGNORE] * 3 + [ord("X"), ord("Y"), 0]
-    assert labels[1] == [IGNORE, ord("Z"), 0, IGNORE, IGNORE, IGNORE] and mask[1] == [1, 1, 1, 0, 0, 0]
+    # left padding: every answer ends at the last position; positions count from the first real token
+    assert labels[1] == [IGNORE] * 4 + [ord("Z"), 0] and mask[1] == [0, 0, 0, 1, 1, 1]
+    assert batch["position_ids"].tolist()[1] == [0, 0, 0, 0, 1, 2]
 
 
 def test_generation_batch_pads_on_the_left():
     batch = generation_batch(CharTokenizer(), ["abc", "z"], max_prompt_tokens=2)
     assert batch["input_ids"].tolist() == [[ord("b"), ord("c")], [0, ord("z")]]
     assert batch["attention_mask"].tolist() == [[1, 1], [0, 1]]
+
+
+def test_answer_loss_equals_the_causal_lm_loss(tiny_model_dir):
+    """The loop's loss (left padding, logits only where answers are) equals transformers' own loss on the
+    same examples, right-padded, with labels."""
+    import torch
+
+    from moses.models import load_model
+    from moses.runner.train import answer_loss
+
+    model, tokenizer = load_model(tiny_model_dir)
+    longer = {"prompt": "Item: x\nLabel:", "answer": " a much longer answer"}
+    batch_examples = demo_stream(n_train=4)[0].train + [longer]
+    batch = training_batch(tokenizer, batch_examples)
+    loss, _ = answer_loss(model, batch)
+    right = {"input_ids": [], "attention_mask": [], "labels": []}
+    width = batch["input_ids"].shape[1]
+    for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True):
+        n = int(mask.sum())
+        pad = width - n
+        right["input_ids"].append(torch.cat([ids[pad:], ids[:pad]]))
+        right["attention_mask"].append(torch.cat([mask[pad:], mask[:pad]]))
+        right["labels"].append(torch.cat([labels[pad:], labels[:pad]]))
+    with torch.no_grad():
+        reference = model(**{k: torch.stack(v) for k, v in right.items()}).loss
+    torch.testing.assert_close(loss.detach(), reference, rtol=1e-5, atol=1e-5)

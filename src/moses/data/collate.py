@@ -21,14 +21,23 @@ def encode_example(tokenizer, example: Example, max_prompt_tokens: int,
 
 def training_batch(tokenizer, examples: list[Example], max_prompt_tokens: int = 320,
                    max_answer_tokens: int = 64) -> dict[str, torch.Tensor]:
-    """Right-padded batch; labels are -100 on prompt and padding."""
+    """Left-padded batch with explicit position ids; labels are -100 on prompt and padding.
+
+    Left padding puts every answer in the last positions, so the loss needs the LM head only there
+    (`answer_loss` asks the model for those logits alone)."""
     encoded = [encode_example(tokenizer, e, max_prompt_tokens, max_answer_tokens) for e in examples]
     width = max(len(ids) for ids, _ in encoded)
     pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded])
-    labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in encoded])
-    attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded])
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in encoded])
+    labels = torch.tensor([[IGNORE] * (width - len(lab)) + lab for _, lab in encoded])
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in encoded])
+    return {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids(attention),
+            "labels": labels}
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each sequence's first real token (left padding must not shift them)."""
+    return (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
 
 
 def generation_batch(tokenizer, prompts: list[str], max_prompt_tokens: int = 320) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from moses.data.stream import Task
 from moses.errors import CheckpointError
 from moses.io import atomic_write
 from moses.methods.lora import LoRAMethod
+from moses.runner.train import answer_loss
 
 STATE_FILE = "ewc_state.safetensors"
 
@@ -56,7 +57,7 @@ class EWCMethod(LoRAMethod):
         for example in examples:
             batch = {k: v.to(device) for k, v in training_batch(self.tokenizer, [example]).items()}
             self.model.zero_grad(set_to_none=True)
-            self.model(**batch).loss.backward()
+            answer_loss(self.model, batch)[0].backward()
             for n, p in params.items():
                 if p.grad is not None:
                     estimate[n] += p.grad.detach().pow(2) / len(examples)

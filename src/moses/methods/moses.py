@@ -45,6 +45,9 @@ class MoSEsMethod(Method):
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         return self.model.optimizer_param_groups(lr)
 
+    def extra_loss(self, batch, outputs) -> torch.Tensor | None:
+        return self.model.aux_loss()  # the load-balance term (None when its coefficient is 0)
+
     def on_task_end(self, task: Task, index: int) -> None:
         for batch in self._prompt_batches([e["prompt"] for e in task.train]):
             self.model.observe_prompts(batch["input_ids"], batch["attention_mask"])

@@ -34,5 +34,5 @@ def comparison_bars(rows: list[dict], path: Path) -> None:
         ax.set_title(f"{key} (higher is better)")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.tick_params(axis="x", rotation=30)
-    fig.suptitle("Methods on the same stream, budget and evaluation")
+    fig.suptitle("Methods on the same stream, budget and evaluation", y=1.04)
     save_png(fig, path)
