@@ -52,6 +52,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) 
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a method option, e.g. --option num_subexperts=4 (JSON values); repeatable")
     parser.add_argument("--fwt", action="store_true", default=None, help="also evaluate future tasks (FWT)")
+    parser.add_argument("--tail", action="store_true", default=None,
+                        help="also evaluate every row with the task id unknown (TaIL)")
     parser.add_argument("--eval-as-train", action="store_true", default=None,
                         help="train on eval.json where a TRACE task has no train.json")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
@@ -62,7 +64,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
               if getattr(args, name, None) is not None}
     if args.tasks:
         values["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    for flag in ("fwt", "eval_as_train"):
+    for flag in ("fwt", "tail", "eval_as_train"):
         if getattr(args, flag):
             values[flag] = True
     if args.option:
@@ -136,14 +138,12 @@ def _load_results(run_dir: str) -> dict:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from moses.io import atomic_write_text
-    from moses.report import report_markdown
+    from moses.report.html import write_report
 
     results = _load_results(args.run_dir)
-    text = report_markdown(results, title=f"{results['method']} ({args.run_dir})")
-    atomic_write_text(Path(args.run_dir) / "report.md", text)
-    print(text)
-    print(f"written to {Path(args.run_dir) / 'report.md'}")
+    markdown, page = write_report(Path(args.run_dir), results)
+    print(markdown.read_text())
+    print(f"written to {markdown} and {page} (self-contained: open it offline)")
     return 0
 
 
@@ -210,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tasks", help="comma-separated task names (default: every trained task)")
     evaluate.set_defaults(func=_eval)
 
-    report = commands.add_parser("report", help="markdown report of a run",
-                                 description="Write report.md (score matrix, metrics, capacity) for a run.")
+    report = commands.add_parser("report", help="markdown and HTML report of a run, with plots",
+                                 description="Write report.md and a self-contained report.html (score matrices, "
+                                 "metrics, capacity, TaIL results, plots) for a run.")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
 

@@ -93,6 +93,11 @@ def test_invariant3_capacity_grows_within_budget(three_tasks):
         assert task["owned_entries"] <= c * capacity["pool_entries"]
         assert task["owned_entries"] + task["reused_entries"] == task["active_entries"]
     assert sum(t["owned_entries"] for t in capacity["tasks"]) == capacity["used_entries"]
+    reuse = capacity["reuse_matrix"]  # who owns the entries each task reads
+    for t, (row, task) in enumerate(zip(reuse, capacity["tasks"], strict=True)):
+        assert sum(row) == task["active_entries"] and row[t] == task["owned_entries"]
+        assert all(row[s] <= capacity["tasks"][s]["owned_entries"] for s in range(t))
+    assert any(reuse[t][s] > 0 for t in range(1, 3) for s in range(t))  # later tasks do read earlier weights
 
 
 def test_old_routers_frozen_and_optimizer_groups(three_tasks):

@@ -275,17 +275,22 @@ class MoSEsModel(nn.Module):
         pool = sum(la.lora_A.numel() + la.lora_B.numel() for la in layers)
         elem = layers[0].lora_A.element_size()
         per_task, packed = [], []
-        seen = [torch.zeros_like(la.frozen_A) for la in layers], [torch.zeros_like(la.frozen_B) for la in layers]
+        # owner[j][i]: index of the task that first took each entry of layer i's A (j=0) or B (j=1); -1 free
+        owner = ([torch.full_like(la.lora_A, -1, dtype=torch.int16) for la in layers],
+                 [torch.full_like(la.lora_B, -1, dtype=torch.int16) for la in layers])
+        reuse = []  # reuse[t][s]: entries of task t's masks that task s owns (s = t: its own new entries)
         for t in range(ended):
-            active = owned = 0
+            row = [0] * (t + 1)
             for i, la in enumerate(layers):
                 for j, mask in enumerate(la.task_mask(t)):
-                    active += int(mask.sum())
-                    owned += int((mask & ~seen[j][i]).sum())
-                    seen[j][i] |= mask
+                    owners = owner[j][i]
+                    owners[mask & (owners < 0)] = t
+                    row = [c + int((mask & (owners == s)).sum()) for s, c in enumerate(row)]
                     packed.append(pack_bits(mask))
-            per_task.append({"name": self._task_names[t], "active_entries": active, "owned_entries": owned,
-                             "reused_entries": active - owned})
+            reuse.append(row)
+            active = sum(row)
+            per_task.append({"name": self._task_names[t], "active_entries": active, "owned_entries": row[t],
+                             "reused_entries": active - row[t]})
         used = sum(int(la.frozen_A.sum() + la.frozen_B.sum()) for la in layers)
         router_bytes = sum(la.routers[t].numel() * la.routers[t].element_size() for la in layers for t in range(ended))
         masks_raw = sum(p.numel() for p in packed)
@@ -298,6 +303,7 @@ class MoSEsModel(nn.Module):
             "used_entries": used,
             "used_fraction": used / pool,
             "tasks": per_task,
+            "reuse_matrix": reuse,
             "pool_bytes": used * elem,
             "mask_bytes_raw": masks_raw,
             "mask_bytes_compressed": masks_compressed,

@@ -43,6 +43,7 @@ class RunConfig:
     eval_batch_size: int = 16
     zero_shot: bool = True
     fwt: bool = False  # also evaluate tasks not trained yet (forward transfer)
+    tail: bool = False  # also evaluate every row with the task id unknown (TaIL), with task-id accuracy
     output: str = "runs/run"
 
     def __post_init__(self) -> None:

@@ -144,6 +144,13 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         results["eval_seconds"].append(time.perf_counter() - began)
         return row
 
+    def task_id_accuracy(columns: list[int]) -> float | None:
+        inferred = {j: method.infer_task_names([e["prompt"] for e in tasks[j].test]) for j in columns}
+        if any(v is None for v in inferred.values()):
+            return None
+        hits = sum(guess == names[j] for j in columns for guess in inferred[j])
+        return 100.0 * hits / sum(len(inferred[j]) for j in columns)
+
     if config.zero_shot and results["zero_shot"] is None:
         results["zero_shot"] = evaluate_row("zero-shot", list(range(len(tasks))), task_given=False)
         if main:
@@ -165,8 +172,13 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         columns = list(range(len(tasks))) if config.fwt else list(range(i + 1))
         row = evaluate_row(f"after-{i:02d}", columns, task_given=True)
         results["R"] = results["R"][:i] + [row]
+        if config.tail:
+            tail_row = evaluate_row(f"after-{i:02d}-tail", columns, task_given=False)
+            results["R_tail"] = results.get("R_tail", [])[:i] + [tail_row]
+            results["task_id_accuracy"] = results.get("task_id_accuracy", [])[:i] + [task_id_accuracy(columns)]
         results["completed"] = i + 1
         results["capacity"] = method.capacity()
+        results["capacity_history"] = results.get("capacity_history", [])[:i] + [results["capacity"]]
         seen = [[r[j] for j in range(i + 1)] for r in results["R"]]
         results["metrics"] = summarize(seen, results["zero_shot"][: i + 1] if results["zero_shot"] else None)
         if main:
