@@ -4,11 +4,11 @@ import json
 import re
 
 import pytest
-from runner.test_run import tiny_config
 
 from moses.cli import main
 from moses.report.html import write_report
 from moses.runner.run import evaluate_run, run
+from runner.test_run import tiny_config
 
 
 @pytest.fixture(scope="module")
