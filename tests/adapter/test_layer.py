@@ -21,10 +21,12 @@ def trained_layer(base: nn.Module, config: MoSEsConfig, seed: int = 0) -> MoSEsL
 
 @pytest.mark.parametrize("routing", ["token", "task"])
 @pytest.mark.parametrize("granularity", ["tensor", "subexpert"])
+@pytest.mark.parametrize("router_input", ["hidden", "subexperts"])
 @pytest.mark.parametrize("n,k", [(8, 2), (4, 4), (16, 3)])
-def test_batched_forward_equals_per_subexpert_loop(routing, granularity, n, k):
+def test_batched_forward_equals_per_subexpert_loop(routing, granularity, router_input, n, k):
     """Invariant 5."""
-    config = MoSEsConfig(num_subexperts=n, top_k=k, rank=3, routing=routing, mask_granularity=granularity)
+    config = MoSEsConfig(num_subexperts=n, top_k=k, rank=3, routing=routing, mask_granularity=granularity,
+                         router_input=router_input)
     layer = trained_layer(nn.Linear(24, 20), config)
     x = torch.randn(3, 7, 24)
     torch.testing.assert_close(layer.adapter_delta(x, 0), layer.reference_delta(x, 0), rtol=1e-5, atol=1e-6)

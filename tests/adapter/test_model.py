@@ -194,6 +194,7 @@ def test_regex_targets():
     ("num_subexperts", 0), ("top_k", 9), ("rank", 1.5), ("task_density", 0.0), ("task_density", 1.2),
     ("mask_granularity", "row"), ("routing", "expert"), ("target_modules", []), ("dropout", 1.0),
     ("load_balance_coef", -1), ("alpha", -2), ("scores", "stale"), ("score_lr_scale", 0),
+    ("router_input", "tokens"), ("free_share", 1.5),
 ])
 def test_bad_config_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"MoSEsConfig.{field}="):
@@ -264,3 +265,17 @@ def test_capacity_reports_bytes():
     assert cap["stored_bytes_raw"] == cap["pool_bytes"] + cap["mask_bytes_raw"] + cap["router_bytes"]
     assert cap["pool_bytes"] == 4 * cap["used_entries"]
     assert cap["mask_bytes_compressed"] > 0
+
+
+def test_subexpert_feature_routers_are_small_and_keep_old_tasks(tmp_path):
+    from moses import MoSEsModel
+
+    model = get_moses_model(build("qwen2"), small_config(router_input="subexperts"))
+    train_task(model, "a", steps=4)
+    first = logits(model, "a")
+    train_task(model, "b", steps=4, seed=1)
+    assert torch.equal(logits(model, "a"), first) and not torch.equal(logits(model, "b"), first)
+    for _, layer in model.moses_layers():
+        assert layer.routers[0].shape == (4, 4 * 2)  # N x N*r, not N x d_in
+    model.save_pretrained(tmp_path)
+    assert torch.equal(logits(MoSEsModel.from_pretrained(build("qwen2"), tmp_path), "a"), first)

@@ -33,6 +33,9 @@ class MoSEsConfig:
     `routing="token"` is the paper's per-token router; `routing="task"` learns one input-independent gate
     vector per task, so a task's adapter collapses into one weight delta (`merge_task`).
     `scores="fresh"` re-draws the mask scores at every task start, trading reuse for plasticity;
+    `router_input="subexperts"` routes on the task's own subexpert features A_t x (N*r values) instead of the
+    hidden state x (d_in values): the per-task router shrinks from N*d_in to N*N*r numbers, which is what
+    keeps storage sublinear when routers would otherwise dominate (benchmarks/capacity.py).
     `score_lr_scale` multiplies the learning rate of the scores, and `free_share` is the share of a new
     task's starting mask taken from entries no earlier task owns (persistent scores only): the remedies of
     the spec's plasticity pitfall.
@@ -45,6 +48,7 @@ class MoSEsConfig:
     task_density: float = 0.3
     mask_granularity: str = "tensor"
     routing: str = "token"
+    router_input: str = "hidden"
     target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_TARGETS))
     dropout: float = 0.0
     load_balance_coef: float = 0.0
@@ -77,6 +81,8 @@ class MoSEsConfig:
             raise bad("mask_granularity", "must be 'tensor' or 'subexpert'")
         if self.routing not in ("token", "task"):
             raise bad("routing", "must be 'token' or 'task'")
+        if self.router_input not in ("hidden", "subexperts"):
+            raise bad("router_input", "must be 'hidden' or 'subexperts'")
         if self.scores not in ("persistent", "fresh"):
             raise bad("scores", "must be 'persistent' or 'fresh'")
         targets = self.target_modules

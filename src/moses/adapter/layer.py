@@ -57,6 +57,8 @@ class MoSEsLayer(nn.Module):
         self.density = config.task_density
         self.per_subexpert = config.mask_granularity == "subexpert"
         self.routing = config.routing
+        self.router_inputs = (config.num_subexperts * config.rank if config.router_input == "subexperts"
+                              else None)  # None: route on the hidden state x
         self.load_balance_coef = config.load_balance_coef
         self.context = context if context is not None else TaskContext()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -109,11 +111,13 @@ class MoSEsLayer(nn.Module):
                 flat.scatter_(1, chosen, torch.where(flat.gather(1, chosen) < 0, -lifted, lifted))
 
     def add_router(self) -> None:
-        """E3: a new task's router, W_r in R^{N x d_in} ("token") or one gate-logit vector ("task")."""
+        """E3: a new task's router, W_r in R^{N x d_in} ("token"; N x N*r when routing on subexpert features)
+        or one gate-logit vector ("task")."""
         device = self.lora_A.device
         if self.routing == "token":
-            bound = 1 / math.sqrt(self.in_features)
-            router = torch.empty(self.num_subexperts, self.in_features, device=device).uniform_(-bound, bound)
+            fan_in = self.router_inputs or self.in_features
+            bound = 1 / math.sqrt(fan_in)
+            router = torch.empty(self.num_subexperts, fan_in, device=device).uniform_(-bound, bound)
         else:
             router = torch.randn(self.num_subexperts, device=device) * 0.02
         self.routers.append(nn.Parameter(router))
@@ -157,7 +161,8 @@ class MoSEsLayer(nn.Module):
         return live_a * mask_a, live_b * mask_b
 
     def gates(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        """Dense gate values [..., N]: softmax over the top-k router logits, 0 elsewhere (E3)."""
+        """Dense gate values [..., N]: softmax over the top-k router logits, 0 elsewhere (E3). `x` is what the
+        router reads: the hidden state, or the subexpert features A_t x (router_input="subexperts")."""
         router = self.routers[task]
         logits = F.linear(x, router) if self.routing == "token" else router
         top = logits.topk(self.top_k, dim=-1)
@@ -177,16 +182,17 @@ class MoSEsLayer(nn.Module):
         a, b = self.task_weights(task)
         n, r = self.num_subexperts, self.rank
         x = self.dropout(x.to(a.dtype))
-        gates = self.gates(x, task)
-        down = F.linear(x, a.reshape(n * r, self.in_features)).unflatten(-1, (n, r))
-        down = (down * gates.unsqueeze(-1)).flatten(-2)
+        down = F.linear(x, a.reshape(n * r, self.in_features))
+        gates = self.gates(down if self.router_inputs else x, task)
+        down = (down.unflatten(-1, (n, r)) * gates.unsqueeze(-1)).flatten(-2)
         return F.linear(down, b.permute(1, 0, 2).reshape(self.out_features, n * r)) * self.scaling
 
     def reference_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """The same sum as `adapter_delta`, one subexpert at a time (slow; the tests' reference)."""
         a, b = self.task_weights(task)
         x = x.to(a.dtype)
-        gates = self.gates(x, task)
+        features = torch.cat([x @ a[i].T for i in range(self.num_subexperts)], dim=-1)
+        gates = self.gates(features if self.router_inputs else x, task)
         if gates.dim() == 1:
             gates = gates.expand(*x.shape[:-1], -1)
         out = torch.zeros(*x.shape[:-1], self.out_features, dtype=a.dtype, device=x.device)
@@ -223,7 +229,7 @@ class MoSEsLayer(nn.Module):
         if self.routing != "task":
             raise TaskError("merge_task needs routing='task': a token router's mixture depends on the input")
         a, b = self.task_weights(task)
-        gates = self.gates(a.new_zeros(self.in_features), task).detach()
+        gates = self.gates(a.new_zeros(self.in_features), task).detach()  # input-independent for "task"
         delta = torch.einsum("n,nor,nri->oi", gates, b, a) * self.scaling
         return delta.T if not isinstance(self.base_layer, nn.Linear) else delta
 
