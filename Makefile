@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/moses demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 
 test: lint
 	$(VENV)/bin/python -m pytest; status=$$?; \

@@ -1,5 +1,6 @@
-"""Capacity growth over a 20-task stream on a 2-layer Llama with SmolLM2-135M's projection shapes: MoSEs stored bytes (c = 0.1 and 0.3) against
-per-task LoRAs of the same active rank, and the fitted growth exponent (bytes ~ tasks^b).
+"""Capacity growth over a 20-task stream on a 2-layer Llama with SmolLM2-135M's projection shapes: MoSEs
+stored bytes (c = 0.1 and 0.3; routers on the hidden state or on subexpert features) against per-task LoRAs
+of the same active rank, and the fitted growth exponent (bytes ~ tasks^b).
 
     python benchmarks/capacity.py
 """
@@ -72,8 +73,9 @@ def main() -> None:
         rows.append(row)
         payload["runs"][f"c={density},router_input={router_input}"] = {"summary": row, "history": history}
     write_results("capacity", payload, rows, list(rows[0]),
-                  notes=f"{TASKS} tasks of {STEPS} AdamW steps on a 2-layer Llama with SmolLM2-135M's shapes, MoSEs N=8, "
-                  "top-2, r=4 on q/k/v/o; per-task LoRAs of rank top_k * r = 8. Target: ratio <= 0.40 after 20 tasks.")
+                  notes=f"{TASKS} tasks of {STEPS} AdamW steps on a 2-layer Llama with SmolLM2-135M's shapes, MoSEs "
+                  "N=8, top-2, r=4 on q/k/v/o; per-task LoRAs of rank top_k * r = 8. Target: ratio <= 0.40 after 20 "
+                  "tasks.")
 
 
 if __name__ == "__main__":
