@@ -1,0 +1,65 @@
+"""One attention projection of SmolLM2's size (576 -> 576), batch 8 x 256 tokens: MoSEs forward time for
+N = 2..64 subexperts and top-k 1, 2, 4 (r = 4), against a peft LoRA layer of the same active rank (k * r),
+with the per-subexpert loop reference beside it.
+
+    python benchmarks/scaling.py
+"""
+
+from __future__ import annotations
+
+import torch
+from common import median_seconds, write_results
+from torch import nn
+
+from moses import MoSEsConfig
+from moses.adapter.layer import MoSEsLayer
+
+D, TOKENS, RANK = 576, 8 * 256, 4
+
+
+def lora_layer(rank: int) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    class Holder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(D, D, bias=False)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    model = get_peft_model(Holder(), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["proj"]))
+    return model.base_model.model.proj
+
+
+def moses_layer(n: int, k: int) -> MoSEsLayer:
+    layer = MoSEsLayer(nn.Linear(D, D, bias=False), MoSEsConfig(num_subexperts=n, top_k=k, rank=RANK))
+    layer.add_router()
+    layer.end_task(0)  # inference with a stored mask, as at test time
+    layer.context.active = 0
+    return layer
+
+
+@torch.no_grad()
+def main() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(TOKENS, D)
+    rows = []
+    for k in (1, 2, 4):
+        lora = lora_layer(k * RANK)
+        lora_s = median_seconds(lambda: lora(x), repeats=20, warmup=3)  # noqa: B023
+        for n in (2, 4, 8, 16, 32, 64):
+            if k > n:
+                continue
+            layer = moses_layer(n, k)
+            moses_s = median_seconds(lambda: layer(x), repeats=20, warmup=3)  # noqa: B023
+            loop_s = median_seconds(lambda: layer.base_layer(x) + layer.reference_delta(x, 0), repeats=5)  # noqa: B023
+            rows.append({"top_k": k, "N": n, "LoRA rank": k * RANK, "LoRA ms": 1e3 * lora_s, "MoSEs ms": 1e3 * moses_s,
+                         "MoSEs / LoRA": moses_s / lora_s, "loop ms": 1e3 * loop_s, "loop / LoRA": loop_s / lora_s})
+    write_results("scaling", {"d": D, "tokens": TOKENS, "rank": RANK, "rows": rows}, rows, list(rows[0]),
+                  notes=f"Forward of one {D}x{D} projection with its adapter on {TOKENS} tokens, CPU, no grad, median "
+                  "of 20 (loop: 5). Target: MoSEs / LoRA <= 1.2 up to N = 16.")
+
+
+if __name__ == "__main__":
+    main()
