@@ -96,3 +96,18 @@ def test_load_balance_loss_is_minimal_for_uniform_routing():
     collapsed = layer.load_balance_loss(skewed, torch.zeros(4, 1, dtype=torch.long))
     assert balanced.item() == pytest.approx(1.0)
     assert collapsed.item() > 1.5
+
+
+def test_inference_weight_cache_follows_pool_changes():
+    layer = trained_layer(nn.Linear(12, 10), MoSEsConfig(num_subexperts=4, rank=2))
+    layer.end_task(0)
+    layer.context.training = None
+    x = torch.randn(2, 3, 12)
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(layer(x), first)  # served from the cache
+        mask_b = layer.task_mask(0)[1]
+        layer.lora_B[mask_b] += 1.0  # an in-place change of entries the task uses
+        changed = layer(x)
+    assert not torch.equal(changed, first)
+    torch.testing.assert_close(changed, layer.base_layer(x) + layer.reference_delta(x, 0))

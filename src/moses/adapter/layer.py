@@ -76,6 +76,7 @@ class MoSEsLayer(nn.Module):
         self.register_buffer("frozen_B", torch.zeros(n, d_out, r, dtype=torch.bool, device=weight.device))
         self.num_stored_masks = 0
         self.aux_loss: torch.Tensor | None = None
+        self._inference_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
         self.reset_parameters()
 
     # ---- initialisation (explicit, seeded by the caller's torch generator) ----
@@ -160,6 +161,20 @@ class MoSEsLayer(nn.Module):
             raise TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
         return live_a * mask_a, live_b * mask_b
 
+    def flat_task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A_t as (N*r, d_in) and B_t as (d_out, N*r). At inference of an ended task they are kept until the
+        pool changes (the tensors' version counters), so decoding does not rebuild them every token."""
+        key = (task, self.lora_A._version, self.lora_B._version, self.num_stored_masks)
+        cacheable = not torch.is_grad_enabled() and task != self.context.training
+        if cacheable and self._inference_cache is not None and self._inference_cache[0] == key:
+            return self._inference_cache[1], self._inference_cache[2]
+        a, b = self.task_weights(task)
+        n_r = self.num_subexperts * self.rank
+        a_flat, b_flat = a.reshape(n_r, self.in_features), b.permute(1, 0, 2).reshape(self.out_features, n_r)
+        if cacheable:
+            self._inference_cache = (key, a_flat, b_flat)
+        return a_flat, b_flat
+
     def gates(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """Dense gate values [..., N]: softmax over the top-k router logits, 0 elsewhere (E3). `x` is what the
         router reads: the hidden state, or the subexpert features A_t x (router_input="subexperts")."""
@@ -179,13 +194,12 @@ class MoSEsLayer(nn.Module):
         return self.load_balance_coef * n * (slots * probs).sum()
 
     def adapter_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        a, b = self.task_weights(task)
-        n, r = self.num_subexperts, self.rank
+        a, b = self.flat_task_weights(task)
         x = self.dropout(x.to(a.dtype))
-        down = F.linear(x, a.reshape(n * r, self.in_features))
+        down = F.linear(x, a)
         gates = self.gates(down if self.router_inputs else x, task)
-        down = (down.unflatten(-1, (n, r)) * gates.unsqueeze(-1)).flatten(-2)
-        return F.linear(down, b.permute(1, 0, 2).reshape(self.out_features, n * r)) * self.scaling
+        down = (down.unflatten(-1, (self.num_subexperts, self.rank)) * gates.unsqueeze(-1)).flatten(-2)
+        return F.linear(down, b) * self.scaling
 
     def reference_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """The same sum as `adapter_delta`, one subexpert at a time (slow; the tests' reference)."""
