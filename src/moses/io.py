@@ -33,25 +33,35 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def read_text(path: str | Path, error: type[Exception] = DataError) -> str:
+    """The file's text; a missing or unreadable file raises `error` naming it."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot read ({err})") from None
+
+
+def read_json(path: str | Path, error: type[Exception] = DataError) -> Any:
+    """Parsed JSON; a malformed file raises `error` naming the file, line and column."""
+    try:
+        return json.loads(read_text(path, error))
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+
+
 def read_mapping(path: str | Path) -> Any:
     """Parse a .yaml / .yml file with PyYAML, anything else as JSON."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read ({err})") from None
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    if path.suffix not in (".yaml", ".yml"):
+        return read_json(path)
+    import yaml
 
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            raise DataError(f"{path}: malformed YAML{where}") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        return yaml.safe_load(read_text(path))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise DataError(f"{path}: malformed YAML{where}") from None

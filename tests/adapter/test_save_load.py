@@ -102,9 +102,9 @@ def test_truncated_weights_are_rejected(saved):
 @pytest.mark.parametrize("filename,content,message", [
     ("adapter_config.json", "{not json", "adapter_config.json: malformed JSON at line 1"),
     ("adapter_config.json", '{"peft_type": "LORA"}', "not a MoSEs adapter config"),
-    ("adapter_config.json", None, "adapter_config.json: not found"),
+    ("adapter_config.json", None, "adapter_config.json: file not found"),
     ("moses_tasks.json", '{"tasks": "a"}', "moses_tasks.json: expected"),
-    ("adapter_model.safetensors", None, "adapter_model.safetensors: not found"),
+    ("adapter_model.safetensors", None, "adapter_model.safetensors: file not found"),
 ])
 def test_broken_directory_files(saved, filename, content, message):
     arch, _, directory = saved

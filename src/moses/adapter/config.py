@@ -124,13 +124,10 @@ class MoSEsConfig:
     @classmethod
     def load(cls, directory: str | Path) -> tuple[MoSEsConfig, dict[str, Any]]:
         """Read `adapter_config.json`; returns the config and the extra (non-config) keys."""
+        from moses.io import read_json
+
         path = Path(directory) / CONFIG_NAME
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: not found (not a MoSEs adapter directory)") from None
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}") from None
+        data = read_json(path, CheckpointError)
         if not isinstance(data, dict) or data.get("peft_type") != "MOSES":
             raise CheckpointError(f"{path}: not a MoSEs adapter config (peft_type is not 'MOSES')")
         known = {f.name for f in fields(cls)}

@@ -20,7 +20,7 @@ from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext
 from moses.adapter.masks import compressed_size, pack_bits, unpack_bits
 from moses.adapter.taskid import TaskPrototypes, embed_prompts
 from moses.errors import CheckpointError, ConfigError, TaskError
-from moses.io import atomic_write, atomic_write_text
+from moses.io import atomic_write, atomic_write_text, read_json
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 TASKS_NAME = "moses_tasks.json"
@@ -381,7 +381,7 @@ class MoSEsModel(nn.Module):
         try:
             state = load_file(str(weights_path))
         except FileNotFoundError:
-            raise CheckpointError(f"{weights_path}: not found") from None
+            raise CheckpointError(f"{weights_path}: file not found") from None
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{weights_path}: corrupt or truncated safetensors file ({err})") from None
         wrapped = cls(model, saved)
@@ -447,12 +447,7 @@ def _copy_checked(target: torch.Tensor, value: torch.Tensor, what: str) -> None:
 
 
 def _read_tasks(path: Path) -> dict[str, Any]:
-    try:
-        tasks = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}") from None
+    tasks = read_json(path, CheckpointError)
     ok = (isinstance(tasks, dict) and isinstance(tasks.get("tasks"), list)
           and all(isinstance(t, str) for t in tasks["tasks"]) and isinstance(tasks.get("ended"), int)
           and 0 <= tasks["ended"] <= len(tasks["tasks"]))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from moses.errors import DataError
-from moses.io import read_mapping
+from moses.io import read_json, read_mapping, read_text
 
 METRIC_NAMES = ("exact_match", "first_char_accuracy", "rouge_l", "edit_similarity", "sari")
 
@@ -39,13 +39,8 @@ class Task:
 def read_examples(path: str | Path) -> list[Example]:
     """A JSON list, or JSON Lines, of objects with string fields "prompt" and "answer"."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read ({err})") from None
     if path.suffix == ".jsonl":
+        text = read_text(path)
         items = []
         for number, line in enumerate(text.splitlines(), 1):
             if line.strip():
@@ -54,10 +49,7 @@ def read_examples(path: str | Path) -> list[Example]:
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}: malformed JSON on line {number} column {err.colno}: {err.msg}") from None
     else:
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        items = read_json(path)
         if not isinstance(items, list):
             raise DataError(f"{path}: expected a JSON list of {{\"prompt\", \"answer\"}} objects")
     for index, item in enumerate(items):

@@ -20,7 +20,7 @@ from moses.data.demo import demo_stream
 from moses.data.stream import Task, load_manifest
 from moses.data.trace import load_trace
 from moses.errors import CheckpointError, ConfigError
-from moses.io import atomic_write_text
+from moses.io import atomic_write_text, read_json
 from moses.methods import make_method
 from moses.metrics.continual import summarize
 from moses.models import load_model
@@ -53,12 +53,7 @@ def checkpoint_dir(output: Path, index: int, task: Task) -> Path:
 
 def read_results(output: Path) -> dict[str, Any] | None:
     path = output / RESULTS_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}") from None
+    return read_json(path, CheckpointError) if path.exists() else None
 
 
 def _accelerator(config: RunConfig):
@@ -99,7 +94,7 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
     if results is not None and not resume and results.get("completed", 0) > 0:
         raise ConfigError(f"{output}: already holds a run; pass --resume to continue it or choose another --output")
     if resume and results is not None:
-        saved = RunConfig.from_dict(json.loads((output / CONFIG_FILE).read_text()), str(output / CONFIG_FILE))
+        saved = RunConfig.from_dict(read_json(output / CONFIG_FILE, CheckpointError), str(output / CONFIG_FILE))
         if saved != config:
             diffs = [k for k, v in saved.to_dict().items() if config.to_dict()[k] != v]
             raise CheckpointError(f"{output / CONFIG_FILE}: the run was started with other settings "
@@ -195,10 +190,7 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     config_path = output / CONFIG_FILE
     if not config_path.is_file():
         raise ConfigError(f"{output}: no {CONFIG_FILE} (not a run directory)")
-    try:
-        config = RunConfig.from_dict(json.loads(config_path.read_text()), str(config_path))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path}: malformed JSON at line {err.lineno} column {err.colno}") from None
+    config = RunConfig.from_dict(read_json(config_path, CheckpointError), str(config_path))
     results = read_results(output)
     completed = results["completed"] if results else 0
     if completed == 0:
