@@ -74,12 +74,14 @@ def test_other_config_is_rejected(saved):
         MoSEsModel.from_pretrained(build(arch), directory, config=config(rank=4))
 
 
+def edit_saved_config(directory, **changes) -> None:
+    path = directory / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 def test_edited_config_mismatching_weights_is_rejected(saved):
     arch, _, directory = saved
-    path = directory / "adapter_config.json"
-    data = json.loads(path.read_text())
-    data["num_subexperts"] = 8
-    path.write_text(json.dumps(data))
+    edit_saved_config(directory, num_subexperts=8)
     with pytest.raises(CheckpointError, match="adapter_model.safetensors.*shape"):
         MoSEsModel.from_pretrained(build(arch), directory)
 
@@ -118,9 +120,6 @@ def test_broken_directory_files(saved, filename, content, message):
 
 def test_bad_value_in_saved_config_names_file_and_field(saved):
     arch, _, directory = saved
-    path = directory / "adapter_config.json"
-    data = json.loads(path.read_text())
-    data["top_k"] = 0
-    path.write_text(json.dumps(data))
+    edit_saved_config(directory, top_k=0)
     with pytest.raises(CheckpointError, match="adapter_config.json: MoSEsConfig.top_k=0"):
         MoSEsModel.from_pretrained(build(arch), directory)

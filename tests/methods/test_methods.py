@@ -6,7 +6,7 @@ import torch
 from moses.methods import METHODS, make_method
 from moses.methods.o_lora import orthogonality_loss
 from moses.runner.run import run
-from runner.test_run import tiny_config
+from runner.test_run import run_interrupted_in_second_task, tiny_config
 
 from conftest import build, random_batch
 
@@ -15,8 +15,6 @@ QUIET = {"echo": lambda *_: None}
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_runs_and_resumes_from_its_checkpoint(name, tiny_model_dir, tmp_path, monkeypatch):
-    from moses.runner import run as run_module
-
     config = tiny_config(tiny_model_dir, tmp_path / name, method=name, epochs=2)
     results = run(config, **QUIET)
     assert results["completed"] == 2 and len(results["R"]) == 2
@@ -24,18 +22,7 @@ def test_every_method_runs_and_resumes_from_its_checkpoint(name, tiny_model_dir,
     if METHODS[name].uses_task_id:  # isolation: earlier tasks are untouched (TIL)
         assert results["metrics"]["BWT"] == 0.0
     # resume from the first checkpoint reproduces the second stage exactly
-    real_train, calls = run_module.train_task, []
-
-    def stop_at_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(run_module, "train_task", stop_at_second)
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny_config(tiny_model_dir, tmp_path / "again", method=name, epochs=2), **QUIET)
-    monkeypatch.setattr(run_module, "train_task", real_train)
+    run_interrupted_in_second_task(tiny_config(tiny_model_dir, tmp_path / "again", method=name, epochs=2), monkeypatch)
     resumed = run(tiny_config(tiny_model_dir, tmp_path / "again", method=name, epochs=2), resume=True, **QUIET)
     assert resumed["R"] == results["R"]
 

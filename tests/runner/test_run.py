@@ -53,11 +53,9 @@ def test_moses_keeps_earlier_tasks_exactly(moses_run):
     assert read_jsonl(predictions / "after-00-alive.jsonl") == read_jsonl(predictions / "after-01-alive.jsonl")
 
 
-def test_interrupted_run_resumes_to_the_same_result(moses_run, tiny_model_dir, tmp_path, monkeypatch):
-    _, uninterrupted = moses_run
-    config = tiny_config(tiny_model_dir, tmp_path / "resumed")
-    real_train = run_module.train_task
-    calls = []
+def run_interrupted_in_second_task(config: RunConfig, monkeypatch) -> None:
+    """Run until the second task's training starts, then stop as Ctrl-C would."""
+    real_train, calls = run_module.train_task, []
 
     def interrupt_second_task(*args, **kwargs):
         calls.append(1)
@@ -65,11 +63,17 @@ def test_interrupted_run_resumes_to_the_same_result(moses_run, tiny_model_dir, t
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "train_task", interrupt_second_task)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, echo=lambda *_: None)
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "train_task", interrupt_second_task)
+        with pytest.raises(KeyboardInterrupt):
+            run(config, echo=lambda *_: None)
+
+
+def test_interrupted_run_resumes_to_the_same_result(moses_run, tiny_model_dir, tmp_path, monkeypatch):
+    _, uninterrupted = moses_run
+    config = tiny_config(tiny_model_dir, tmp_path / "resumed")
+    run_interrupted_in_second_task(config, monkeypatch)
     assert json.loads((tmp_path / "resumed" / "results.json").read_text())["completed"] == 1
-    monkeypatch.setattr(run_module, "train_task", real_train)
     with pytest.raises(ConfigError, match="--resume"):
         run(config, echo=lambda *_: None)
     with pytest.raises(CheckpointError, match="other settings \\(lr\\)"):
