@@ -7,6 +7,7 @@ checkpoint lists which adapters exist, so `load` restores them all.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,9 @@ class LoRAMethod(Method):
         return [{"name": "lora", "params": self.lora_parameters(), "lr": lr, "weight_decay": 0.0}]
 
     def save(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
+        with warnings.catch_warnings():  # peft looks for the base model's config.json beside a GGUF file
+            warnings.filterwarnings("ignore", message="Could not find a config file")
+            self.model.save_pretrained(directory)
         index = {"adapters": self.adapters, "tasks": self.task_adapters}
         atomic_write_text(directory / INDEX_FILE, json.dumps(index) + "\n")
 
