@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # peft still calls a transformers API deprecated in v5; the warning says nothing to a moses user
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.formatwarning = lambda message, category, *_, **__: f"moses: warning: {message}\n"
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
