@@ -12,6 +12,7 @@ from moses.runner.config import RunConfig
 from moses.runner.run import run
 
 DEMO_METHODS = ("moses", "seq-lora")
+DEMO_OPTIONS = {"moses": {"lr": 1e-2}}  # the run's lr (3e-3) is LoRA's; MoSEs learns at a larger one
 
 
 def run_demo(config: RunConfig, methods: tuple[str, ...] = DEMO_METHODS, resume: bool = False,
@@ -20,7 +21,9 @@ def run_demo(config: RunConfig, methods: tuple[str, ...] = DEMO_METHODS, resume:
     began = time.perf_counter()
     all_results = {}
     for method in methods:
-        method_config = replace(config, method=method, output=str(Path(config.output) / method))
+        options = {**DEMO_OPTIONS.get(method, {}), **config.method_options} if method == "moses" else {}
+        method_config = replace(config, method=method, output=str(Path(config.output) / method),
+                                method_options=options)
         all_results[method] = run(method_config, resume=resume, echo=echo)
     echo("")
     for method, results in all_results.items():
