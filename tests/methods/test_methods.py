@@ -143,6 +143,19 @@ def test_method_options_are_checked():
         make_method("moses", {"tail": "guess"})
     with pytest.raises(ConfigError, match="task_density"):
         make_method("moe-lora", {"task_density": 0.5})
+    with pytest.raises(ConfigError, match="lr=-1"):
+        make_method("moses", {"lr": -1})
+
+
+def test_moses_lr_option_replaces_the_run_lr(tiny_model_dir):
+    from moses.data.demo import demo_stream
+    from moses.models import load_model
+
+    method = make_method("moses", {"lr": 0.05, "num_subexperts": 4})
+    method.prepare(*load_model(tiny_model_dir))
+    method.on_task_start(demo_stream()[0], 0)
+    groups = {g["name"]: g["lr"] for g in method.param_groups(0.001)}
+    assert groups == {"pool": 0.05, "scores": 0.05, "router": 0.05}
 
 
 def test_random_batch_helper_is_deterministic():
