@@ -135,12 +135,18 @@ def test_generate_with_task_ids(three_tasks):
     assert torch.equal(mixed[0], outs["t1"][0]) and torch.equal(mixed[1], outs["t3"][0])
 
 
-def test_disable_adapter_gives_base_model():
+def trained_llama(steps: int):
+    """(base model, its MoSEs model after one task, the base model's logits before wrapping)."""
     base = build("llama")
     with torch.no_grad():
         expected = base(input_ids=PROBE["input_ids"]).logits
     model = get_moses_model(base, small_config())
-    train_task(model, "a", steps=3)
+    train_task(model, "a", steps=steps)
+    return base, model, expected
+
+
+def test_disable_adapter_gives_base_model():
+    _, model, expected = trained_llama(steps=3)
     assert not torch.equal(logits(model, "a"), expected)
     with model.disable_adapter(), torch.no_grad():
         assert torch.equal(model(input_ids=PROBE["input_ids"]).logits, expected)
@@ -169,11 +175,7 @@ def test_errors_are_clear():
 
 
 def test_unload_restores_the_base_model():
-    base = build("llama")
-    with torch.no_grad():
-        expected = base(input_ids=PROBE["input_ids"]).logits
-    model = get_moses_model(base, small_config())
-    train_task(model, "a", steps=2)
+    base, model, expected = trained_llama(steps=2)
     restored = model.unload()
     assert restored is base and not any(isinstance(m, MoSEsLayer) for m in restored.modules())
     with torch.no_grad():
