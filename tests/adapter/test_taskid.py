@@ -74,3 +74,36 @@ def test_prototype_running_mean():
     assert protos.nearest(torch.tensor([[5.0, 0.1, 0]])).tolist() == [1]
     protos.add(0, torch.tensor([[0.0, 1.0, 0]]))
     assert protos.nearest(torch.tensor([[0.1, 2.0, 0], [2.0, 0, 0]])).tolist() == [0, 1]
+
+
+def test_learned_keys_pick_the_right_task_and_are_saved(tmp_path):
+    model = trained_model()
+    assert all(model.prototypes.keys[t].norm() == pytest.approx(1.0) for t in range(2))  # fitted at end_task
+    assert not model.prototypes.pending
+    test = torch.cat([prompts(0, 40, seed=2), prompts(50, 97, seed=3)])
+    assert model.infer_tasks(test, rule="keys").tolist() == [0] * 6 + [1] * 6
+    model.save_pretrained(tmp_path)
+    loaded = MoSEsModel.from_pretrained(build("llama"), tmp_path)
+    assert torch.equal(loaded.prototypes.keys, model.prototypes.keys)
+    loaded.set_task_inference(True, rule="keys")
+    with torch.no_grad():
+        explicit = loaded(input_ids=test[:2], task_ids=["low", "low"]).logits
+        torch.testing.assert_close(loaded(input_ids=test[:2]).logits, explicit)
+
+
+def test_pull_loss_decreases_and_key_aligns_with_the_mean_direction():
+    protos = TaskPrototypes(8)
+    generator = torch.Generator().manual_seed(7)  # not the key's own initial draw (seeded by the task index)
+    direction = torch.nn.functional.normalize(torch.randn(8, generator=generator), dim=0)
+    protos.add(0, direction + 0.1 * torch.randn(20, 8, generator=generator))
+    losses = protos.fit_key(0)
+    assert losses[-1] < 0.5 * losses[0]
+    assert torch.dot(protos.keys[0], direction) > 0.95
+
+
+def test_unknown_inference_rule_is_a_config_error():
+    from moses.errors import ConfigError
+
+    model = trained_model()
+    with pytest.raises(ConfigError, match="rule 'nearest'"):
+        model.set_task_inference(True, rule="nearest")

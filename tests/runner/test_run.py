@@ -112,3 +112,16 @@ def test_tail_evaluation_infers_task_ids(moses_run):
     assert summary["task_id_accuracy"] >= 95.0, summary["task_id_confusion"]
     assert set(summary["task_id_confusion"]) == {"alive", "size"}
     assert sum(summary["task_id_confusion"]["alive"].values()) == config.n_test
+
+
+def test_learned_keys_infer_the_embedded_tasks(moses_run):
+    from moses.data.demo import demo_stream
+    from moses.methods import make_method
+    from moses.models import load_model
+
+    config, _ = moses_run
+    method = make_method("moses", {"tail": "keys"})
+    method.load(*load_model(config.model), Path(config.output) / "checkpoints" / "01-size")
+    for task in demo_stream(n_train=8, n_test=8):
+        inferred = method.infer_task_names([e["prompt"] for e in task.test])
+        assert inferred.count(task.name) >= 0.95 * len(inferred), inferred

@@ -25,6 +25,7 @@ from moses.io import atomic_write, atomic_write_text, read_json
 WEIGHTS_NAME = "adapter_model.safetensors"
 TASKS_NAME = "moses_tasks.json"
 TaskIds = Sequence[str | int] | torch.Tensor
+TASK_INFERENCE_RULES = ("prototype", "keys")
 
 
 def resolve_targets(model: nn.Module, config: MoSEsConfig) -> list[str] | str:
@@ -77,6 +78,7 @@ class MoSEsModel(nn.Module):
         self.prototypes = TaskPrototypes(model.get_input_embeddings().embedding_dim)
         self.prototypes.to(next(model.parameters()).device)
         self.infers_task_ids = False  # TaIL: pick each sample's task from its prompt when none is given
+        self.task_inference_rule = "prototype"
 
     # ---- forwarding, like peft's PeftModel ----
     def __getattr__(self, name: str) -> Any:
@@ -142,6 +144,8 @@ class MoSEsModel(nn.Module):
             raise TaskError("end_task() called with no task being trained: call add_task(name) first")
         for _, layer in self.moses_layers():
             layer.end_task(task)
+        if task in self.prototypes.pending:  # the prompts observed during the task train its TaIL key
+            self.prototypes.fit_key(task)
         self.zero_grad(set_to_none=True)  # stale gradients would move frozen entries in a reused optimizer
         self.context.training = None
         self._ended = task + 1
@@ -201,17 +205,28 @@ class MoSEsModel(nn.Module):
         with self.disable_adapter():
             self.prototypes.add(index, embed_prompts(self.model, input_ids, attention_mask))
 
-    def infer_tasks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Each prompt's task index: the nearest task prototype of its base-model embedding."""
+    def infer_tasks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    rule: str | None = None) -> torch.Tensor:
+        """Each prompt's task index: the nearest task prototype (rule "prototype") or learned key ("keys") of
+        its base-model embedding."""
+        rule = rule or self.task_inference_rule
+        if rule not in TASK_INFERENCE_RULES:
+            raise ConfigError(f"task inference rule {rule!r}: must be one of {', '.join(TASK_INFERENCE_RULES)}")
         if not self.prototypes.ready():
             raise TaskError("no task prototypes: call observe_prompts() on each task's training prompts")
         with self.disable_adapter():
-            return self.prototypes.nearest(embed_prompts(self.model, input_ids, attention_mask))
+            embeddings = embed_prompts(self.model, input_ids, attention_mask)
+        try:
+            return self.prototypes.nearest(embeddings, rule)
+        except RuntimeError as err:
+            raise TaskError(f"{err}: keys are learned when a task with observed prompts ends") from None
 
-    def set_task_inference(self, enabled: bool = True) -> None:
+    def set_task_inference(self, enabled: bool = True, rule: str = "prototype") -> None:
         """When enabled, forward/generate without task_ids infer a task per sample from its prompt
         (for step-by-step decoding with a KV cache, pass task_ids, or use generate)."""
-        self.infers_task_ids = enabled
+        if rule not in TASK_INFERENCE_RULES:
+            raise ConfigError(f"task inference rule {rule!r}: must be one of {', '.join(TASK_INFERENCE_RULES)}")
+        self.infers_task_ids, self.task_inference_rule = enabled, rule
 
     def _task_ids_for(self, task_ids: TaskIds | None, kwargs: dict[str, Any]) -> TaskIds | None:
         if task_ids is None and self.infers_task_ids and kwargs.get("input_ids") is not None:
@@ -350,6 +365,7 @@ class MoSEsModel(nn.Module):
         if self.prototypes.num_tasks:
             state["task_prototypes.sums"] = self.prototypes.sums
             state["task_prototypes.counts"] = self.prototypes.counts
+            state["task_prototypes.keys"] = self.prototypes.keys
         return {k: v.contiguous().cpu() for k, v in state.items()}
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -394,7 +410,7 @@ class MoSEsModel(nn.Module):
         expected = {f"{n}.{k}" for n in layers for k in ("lora_A", "lora_B", "scores_A", "scores_B")}
         expected |= {f"{n}.router.{t}" for n in layers for t in range(len(names))}
         expected |= {f"{n}.mask_{w}.{t}" for n in layers for w in "AB" for t in range(ended)}
-        optional = {"task_prototypes.sums", "task_prototypes.counts"}
+        optional = {"task_prototypes.sums", "task_prototypes.counts", "task_prototypes.keys"}
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected - optional)
         if missing or unexpected:
             raise CheckpointError(f"{source}: does not match this model and adapter config "
@@ -420,6 +436,11 @@ class MoSEsModel(nn.Module):
                                       f"(tasks, {self.prototypes.sums.shape[1]})")
             self.prototypes.sums = sums.to(self.prototypes.sums)
             self.prototypes.counts = counts.to(self.prototypes.counts)
+            keys = state.get("task_prototypes.keys", torch.zeros_like(sums))
+            if keys.shape != sums.shape:
+                raise CheckpointError(f"{source}: task_prototypes.keys has shape {tuple(keys.shape)}, "
+                                      f"expected {tuple(sums.shape)}")
+            self.prototypes.keys = keys.to(self.prototypes.keys)
         self._task_names = list(names)
         self._ended = ended
         self.context.training = None if training is None else self.task_index(training)

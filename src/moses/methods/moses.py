@@ -16,12 +16,13 @@ from moses.data.stream import Task
 from moses.errors import ConfigError
 from moses.methods.base import Method
 
-TAIL_RULES = ("prototype", "latest")
+TAIL_RULES = ("prototype", "keys", "latest")
 
 
 class MoSEsMethod(Method):
     """Options: every MoSEsConfig field, plus `tail`: "prototype" (nearest mean base-model embedding of
-    each task's training prompts; the spec's default) or "latest" (the last task's masks and router), and
+    each task's training prompts; the spec's default), "keys" (nearest key learned with a pull loss on those
+    embeddings) or "latest" (the last task's masks and router), and
     `lr`: this method's learning rate in place of the run's (masked, gated subexperts need a larger one than
     LoRA at a few dozen steps per task; measured on TRACE-CPU)."""
 
@@ -77,7 +78,7 @@ class MoSEsMethod(Method):
             model.set_task(model.tasks[-1])
             yield
         else:
-            model.set_task_inference(True)
+            model.set_task_inference(True, rule=self.tail)
             try:
                 yield
             finally:
@@ -88,7 +89,7 @@ class MoSEsMethod(Method):
             return [self.model.tasks[-1]] * len(prompts)
         names = []
         for batch in self._prompt_batches(prompts):
-            names += [self.model.tasks[i] for i in self.model.infer_tasks(**batch).tolist()]
+            names += [self.model.tasks[i] for i in self.model.infer_tasks(**batch, rule=self.tail).tolist()]
         return names
 
     def save(self, directory: Path) -> None:
