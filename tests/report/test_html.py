@@ -34,6 +34,7 @@ def test_report_files_plots_and_self_contained_html(tail_run):
         assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
     text = markdown.read_text()
     assert "Score matrix R" in text and "Task-id accuracy" in text and "![Capacity" in text
+    assert "Task-id confusion after the last task" in text and "| alive | 8 | 0 |" in text
     document = page.read_text()
     assert document.count("data:image/png;base64,") == 5
     assert not re.search(r'(src|href)="(?!data:)', document)  # nothing to fetch: opens offline

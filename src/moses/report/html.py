@@ -39,6 +39,13 @@ def make_plots(run_dir: Path, results: dict[str, Any]) -> list[tuple[str, str]]:
     return made
 
 
+def confusion_markdown(confusion: dict[str, dict[str, int]]) -> list[str]:
+    names = list(confusion)
+    columns = list(next(iter(confusion.values())))
+    lines = ["| true \\ inferred | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    return lines + [f"| {n} | " + " | ".join(str(confusion[n][m]) for m in columns) + " |" for n in names]
+
+
 def tail_markdown(results: dict[str, Any], tail_eval: dict[str, Any] | None) -> str:
     parts = []
     if results.get("R_tail"):
@@ -46,18 +53,17 @@ def tail_markdown(results: dict[str, Any], tail_eval: dict[str, Any] | None) -> 
                   matrix_markdown(results["tasks"], results["R_tail"]), "",
                   "Task-id accuracy after each task: " + ", ".join(
                       "-" if a is None else f"{a:.1f}%" for a in results.get("task_id_accuracy", [])), ""]
+        if (results.get("task_id_confusion") or [None])[-1]:
+            parts += ["Task-id confusion after the last task (rows: true task, columns: inferred):", "",
+                      *confusion_markdown(results["task_id_confusion"][-1]), ""]
     if tail_eval:
-        names = list(tail_eval.get("task_id_confusion", {}))
         parts += [f"## TaIL evaluation of the final model (after {tail_eval['after_task']})", "",
                   "| task | score |", "|---|---|"]
         parts += [f"| {n} | {s:.1f} |" for n, s in tail_eval["scores"].items()]
         parts += ["", f"Mean {tail_eval['mean']:.1f}."]
-        if names:
+        if tail_eval.get("task_id_confusion"):
             parts += [f"Task-id accuracy {tail_eval['task_id_accuracy']:.1f}%. Confusion (rows: true task, columns: "
-                      "inferred):", "", "| true \\ inferred | " + " | ".join(names) + " |", "|---" * (len(names) + 1)
-                      + "|"]
-            parts += [f"| {n} | " + " | ".join(str(tail_eval["task_id_confusion"][n][m]) for m in names) + " |"
-                      for n in names]
+                      "inferred):", "", *confusion_markdown(tail_eval["task_id_confusion"])]
         parts.append("")
     return "\n".join(parts)
 

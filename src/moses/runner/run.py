@@ -139,13 +139,6 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         results["eval_seconds"].append(time.perf_counter() - began)
         return row
 
-    def task_id_accuracy(columns: list[int]) -> float | None:
-        inferred = {j: method.infer_task_names([e["prompt"] for e in tasks[j].test]) for j in columns}
-        if any(v is None for v in inferred.values()):
-            return None
-        hits = sum(guess == names[j] for j in columns for guess in inferred[j])
-        return 100.0 * hits / sum(len(inferred[j]) for j in columns)
-
     if config.zero_shot and results["zero_shot"] is None:
         results["zero_shot"] = evaluate_row("zero-shot", list(range(len(tasks))), task_given=False)
         if main:
@@ -170,7 +163,10 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         if config.tail:
             tail_row = evaluate_row(f"after-{i:02d}-tail", columns, task_given=False)
             results["R_tail"] = results.get("R_tail", [])[:i] + [tail_row]
-            results["task_id_accuracy"] = results.get("task_id_accuracy", [])[:i] + [task_id_accuracy(columns)]
+            confusion = task_id_confusion(method, [tasks[j] for j in columns], names[: i + 1])
+            results["task_id_confusion"] = results.get("task_id_confusion", [])[:i] + [confusion]
+            results["task_id_accuracy"] = (results.get("task_id_accuracy", [])[:i]
+                                           + [confusion_accuracy(confusion) if confusion else None])
         results["completed"] = i + 1
         results["capacity"] = method.capacity()
         results["capacity_history"] = results.get("capacity_history", [])[:i] + [results["capacity"]]
@@ -182,6 +178,22 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         final = f", final loss {log[-1]['loss']:.3f}" if log else ""
         echo(f"[{config.method}] after {task.name}: {scores} ({results['train_seconds'][i]:.0f}s training{final})")
     return results
+
+
+def task_id_confusion(method, tasks: list[Task], candidates: list[str]) -> dict[str, dict[str, int]] | None:
+    """Rows: each task's test prompts; columns: the task the method infers for them (None: it infers none)."""
+    confusion = {}
+    for task in tasks:
+        inferred = method.infer_task_names([e["prompt"] for e in task.test])
+        if inferred is None:
+            return None
+        confusion[task.name] = {name: inferred.count(name) for name in candidates}
+    return confusion
+
+
+def confusion_accuracy(confusion: dict[str, dict[str, int]]) -> float:
+    total = sum(sum(row.values()) for row in confusion.values())
+    return 100.0 * sum(row.get(name, 0) for name, row in confusion.items()) / total
 
 
 def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None) -> dict[str, Any]:
@@ -204,22 +216,18 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     method = make_method(config.method, config.method_options)
     base, tokenizer = load_model(config.model, device=str(_accelerator(config).device), dtype=config.dtype)
     model = method.load(base, tokenizer, checkpoint_dir(output, completed - 1, stream[completed - 1]))
-    scores, records, confusion = {}, [], {}
+    scores, records = {}, []
     for name in chosen:
         with method.inference_context(name if mode == "til" else None):
             scores[name], task_records = evaluate_task(model, tokenizer, trained[name], config.eval_batch_size,
                                                        config.max_prompt_tokens)
         records += task_records
-        if mode == "tail":
-            inferred = method.infer_task_names([e["prompt"] for e in trained[name].test])
-            if inferred is not None:
-                confusion[name] = {other: inferred.count(other) for other in trained}
     path = output / f"eval-{mode}.json"
     summary = {"mode": mode, "after_task": stream[completed - 1].name, "scores": scores,
                "mean": sum(scores.values()) / len(scores)}
-    if confusion:  # rows: true task; columns: inferred task
-        total = sum(sum(row.values()) for row in confusion.values())
-        summary["task_id_accuracy"] = 100.0 * sum(confusion[t][t] for t in confusion) / total
+    confusion = task_id_confusion(method, [trained[n] for n in chosen], list(trained)) if mode == "tail" else None
+    if confusion:
+        summary["task_id_accuracy"] = confusion_accuracy(confusion)
         summary["task_id_confusion"] = confusion
     atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
     _write_predictions(output, f"eval-{mode}", records)
