@@ -59,6 +59,8 @@ class MoSEsLayer(nn.Module):
         self.routing = config.routing
         self.router_inputs = (config.num_subexperts * config.rank if config.router_input == "subexperts"
                               else None)  # None: route on the hidden state x
+        # a token router on x is stacked under A_t, so one matmul yields subexpert inputs and router logits
+        self.fuses_router = config.routing == "token" and self.router_inputs is None
         self.load_balance_coef = config.load_balance_coef
         self.context = context if context is not None else TaskContext()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -162,24 +164,30 @@ class MoSEsLayer(nn.Module):
         return live_a * mask_a, live_b * mask_b
 
     def flat_task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A_t as (N*r, d_in) and B_t as (d_out, N*r). At inference of an ended task they are kept until the
-        pool changes (the tensors' version counters), so decoding does not rebuild them every token."""
-        key = (task, self.lora_A._version, self.lora_B._version, self.num_stored_masks)
+        """A_t as (N*r, d_in) (with the router's N rows below it when fused) and B_t as (d_out, N*r). At
+        inference of an ended task they are kept until the pool or router changes (the tensors' version
+        counters), so decoding does not rebuild them every token."""
+        key = (task, self.lora_A._version, self.lora_B._version, self.routers[task]._version,
+               self.num_stored_masks)
         cacheable = not torch.is_grad_enabled() and task != self.context.training
         if cacheable and self._inference_cache is not None and self._inference_cache[0] == key:
             return self._inference_cache[1], self._inference_cache[2]
         a, b = self.task_weights(task)
         n_r = self.num_subexperts * self.rank
         a_flat, b_flat = a.reshape(n_r, self.in_features), b.permute(1, 0, 2).reshape(self.out_features, n_r)
+        if self.fuses_router:
+            a_flat = torch.cat([a_flat, self.routers[task]])
         if cacheable:
             self._inference_cache = (key, a_flat, b_flat)
         return a_flat, b_flat
 
-    def gates(self, x: torch.Tensor, task: int) -> torch.Tensor:
+    def gates(self, x: torch.Tensor | None, task: int, logits: torch.Tensor | None = None) -> torch.Tensor:
         """Dense gate values [..., N]: softmax over the top-k router logits, 0 elsewhere (E3). `x` is what the
-        router reads: the hidden state, or the subexpert features A_t x (router_input="subexperts")."""
-        router = self.routers[task]
-        logits = F.linear(x, router) if self.routing == "token" else router
+        router reads: the hidden state, or the subexpert features A_t x (router_input="subexperts");
+        `logits` when they were computed already (fused with A_t)."""
+        if logits is None:
+            router = self.routers[task]
+            logits = F.linear(x, router) if self.routing == "token" else router
         top = logits.topk(self.top_k, dim=-1)
         gates = torch.zeros_like(logits).scatter(-1, top.indices, top.values.softmax(dim=-1))
         if self.routing == "token" and self.load_balance_coef > 0 and torch.is_grad_enabled():
@@ -195,9 +203,14 @@ class MoSEsLayer(nn.Module):
 
     def adapter_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         a, b = self.flat_task_weights(task)
+        n_r = self.num_subexperts * self.rank
         x = self.dropout(x.to(a.dtype))
-        down = F.linear(x, a)
-        gates = self.gates(down if self.router_inputs else x, task)
+        projected = F.linear(x, a)
+        down = projected[..., :n_r]
+        if self.fuses_router:
+            gates = self.gates(None, task, logits=projected[..., n_r:])
+        else:
+            gates = self.gates(down if self.router_inputs else x, task)
         down = (down.unflatten(-1, (self.num_subexperts, self.rank)) * gates.unsqueeze(-1)).flatten(-2)
         return F.linear(down, b) * self.scaling
 
