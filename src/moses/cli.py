@@ -44,7 +44,7 @@ def _typed(kind):
     return parse
 
 
-def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), resume: bool = True) -> None:
     for name, kind, help_text in RUN_FLAGS:
         if name not in skip:
             parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_typed(kind), help=help_text)
@@ -56,7 +56,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) 
                         help="also evaluate every row with the task id unknown (TaIL)")
     parser.add_argument("--eval-as-train", action="store_true", default=None,
                         help="train on eval.json where a TRACE task has no train.json")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    if resume:  # compare always resumes its runs (its --fresh refuses to)
+        parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", required=True, help="comma-separated, e.g. moses,seq-lora,replay")
     compare.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
     compare.add_argument("--fresh", action="store_true", help="refuse to reuse finished runs in --output")
-    _add_run_flags(compare, skip=("method",))
+    _add_run_flags(compare, skip=("method",), resume=False)
     compare.set_defaults(func=_compare)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's final state",
