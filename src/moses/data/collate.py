@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from moses.data.stream import Example
@@ -38,6 +40,14 @@ def training_batch(tokenizer, examples: list[Example], max_prompt_tokens: int = 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted from each sequence's first real token (left padding must not shift them)."""
     return (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def generation_batches(tokenizer, prompts: list[str], batch_size: int, max_prompt_tokens: int,
+                       device: torch.device | str) -> Iterator[dict[str, torch.Tensor]]:
+    """`generation_batch` over consecutive slices of `prompts`, moved to `device`."""
+    for start in range(0, len(prompts), batch_size):
+        batch = generation_batch(tokenizer, prompts[start:start + batch_size], max_prompt_tokens)
+        yield {k: v.to(device) for k, v in batch.items()}
 
 
 def generation_batch(tokenizer, prompts: list[str], max_prompt_tokens: int = 320) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from moses.adapter import MoSEsConfig, MoSEsModel, get_moses_model
-from moses.data.collate import generation_batch
+from moses.data.collate import generation_batches
 from moses.data.stream import Task
 from moses.errors import ConfigError
 from moses.methods.base import Method
@@ -61,9 +61,7 @@ class MoSEsMethod(Method):
 
     def _prompt_batches(self, prompts: list[str], size: int = 16) -> Iterator[dict[str, torch.Tensor]]:
         device = next(self.model.parameters()).device
-        for start in range(0, len(prompts), size):
-            batch = generation_batch(self.tokenizer, prompts[start:start + size], self.prompt_tokens)
-            yield {k: v.to(device) for k, v in batch.items()}
+        return generation_batches(self.tokenizer, prompts, size, self.prompt_tokens, device)
 
     @contextmanager
     def inference_context(self, task_name: str | None) -> Iterator[None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from moses.data.collate import generation_batch
+from moses.data.collate import generation_batches
 from moses.data.stream import Task
 from moses.data.trace import sari_source
 from moses.metrics import text
@@ -16,9 +16,8 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
                      max_prompt_tokens: int = 320, description: str = "generate") -> list[str]:
     device = next(model.parameters()).device
     answers: list[str] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=description, leave=False):
-        batch = {k: v.to(device) for k, v in
-                 generation_batch(tokenizer, prompts[start:start + batch_size], max_prompt_tokens).items()}
+    batches = generation_batches(tokenizer, prompts, batch_size, max_prompt_tokens, device)
+    for batch in tqdm(batches, total=-(-len(prompts) // batch_size), desc=description, leave=False):
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                              pad_token_id=tokenizer.pad_token_id)
         answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
