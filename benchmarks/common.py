@@ -25,6 +25,23 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def interleaved_ratios(candidate, reference, rounds: int, repeats: int = 1, warmup: int = 1) -> dict:
+    """Time `candidate` and `reference` alternately for several rounds and take the ratio within each round,
+    so drifts of a shared CPU (other load, clocks) hit both sides; returns the median ratio and its spread."""
+    median_seconds(candidate, 0, warmup)
+    median_seconds(reference, 0, warmup)
+    ratios, candidate_s, reference_s = [], [], []
+    for _ in range(rounds):
+        c = median_seconds(candidate, repeats, warmup=0)
+        r = median_seconds(reference, repeats, warmup=0)
+        candidate_s.append(c)
+        reference_s.append(r)
+        ratios.append(c / r)
+    return {"ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "candidate_s": statistics.median(candidate_s), "reference_s": statistics.median(reference_s),
+            "rounds": rounds}
+
+
 class PeakRSS:
     """Peak resident memory of this process while the block runs (sampled from /proc every 20 ms)."""
 

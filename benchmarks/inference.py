@@ -8,9 +8,12 @@ the merged export of a task-routed MoSEs task against the base model. Ratios are
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 
 import torch
-from common import median_seconds, write_results
+from common import write_results
+from tqdm import tqdm
 
 from moses import MoSEsConfig, get_moses_model
 from moses.models import load_model
@@ -41,23 +44,21 @@ def moses(base, routing: str, merged: bool = False):
     return model.merge_task("bench") if merged else model
 
 
+REFERENCES = {"base": "base", "lora-r8 unmerged": "lora-r8 unmerged", "lora-r8 merged": "base",
+              "moses token TIL": "lora-r8 unmerged", "moses task TIL": "lora-r8 unmerged", "moses task merged": "base"}
+ROUNDS = 5  # every model once per round, in turn; ratios are taken within a round, then the median
+
+
+def timed(fn) -> float:
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
 @torch.no_grad()
-def measure(model, vocab: int) -> dict:
-    model.eval()
-    generator = torch.Generator().manual_seed(0)
-    long_ids = torch.randint(0, vocab, (BATCH, PREFILL), generator=generator)
-    prompt = torch.randint(0, vocab, (BATCH, PROMPT), generator=generator)
-    prefill_s = median_seconds(lambda: model(input_ids=long_ids, use_cache=False), repeats=5)
-    generate_s = median_seconds(lambda: model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                                                       max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
-                                                       pad_token_id=0), repeats=3)
-    return {"prefill_tokens_per_s": BATCH * PREFILL / prefill_s, "generate_tokens_per_s": BATCH * NEW / generate_s}
-
-
 def main() -> None:
     torch.manual_seed(0)
     base, _ = load_model("smollm2-135m")
-    vocab = base.config.vocab_size
     builds = {
         "base": lambda b: b,
         "lora-r8 unmerged": lambda b: lora(b, merged=False),
@@ -66,23 +67,42 @@ def main() -> None:
         "moses task TIL": lambda b: moses(b, "task"),
         "moses task merged": lambda b: moses(b, "task", merged=True),
     }
-    runs = {name: measure(build(copy.deepcopy(base)), vocab) for name, build in builds.items()}
-    for name, run in runs.items():
-        print(name, run)
-    rows = []
-    for name, run in runs.items():
-        reference = "base" if name in ("base", "moses task merged", "lora-r8 merged") else "lora-r8 unmerged"
-        ref = runs[reference]
-        rows.append({"model": name, "prefill tok/s": run["prefill_tokens_per_s"],
-                     "generate tok/s": run["generate_tokens_per_s"], "against": reference,
-                     "prefill ratio": run["prefill_tokens_per_s"] / ref["prefill_tokens_per_s"],
-                     "generate ratio": run["generate_tokens_per_s"] / ref["generate_tokens_per_s"]})
-    write_results("inference", {"batch": BATCH, "prefill_tokens": PREFILL, "prompt_tokens": PROMPT,
-                                "new_tokens": NEW, "runs": runs}, rows, list(rows[0]),
-                  notes=f"SmolLM2-135M, CPU, float32. Prefill: batch {BATCH} x {PREFILL} tokens, median of 5. Greedy "
-                  f"generation: batch {BATCH}, {PROMPT}-token prompts, {NEW} new tokens with KV cache, median of 3. "
-                  "Targets: MoSEs TIL >= 0.90x unmerged LoRA; task-routed merged export >= 0.98x base.")
+    models = {name: build(copy.deepcopy(base)).eval() for name, build in builds.items()}
+    generator = torch.Generator().manual_seed(0)
+    long_ids = torch.randint(0, base.config.vocab_size, (BATCH, PREFILL), generator=generator)
+    prompt = torch.randint(0, base.config.vocab_size, (BATCH, PROMPT), generator=generator)
 
+    def prefill(model):
+        return lambda: model(input_ids=long_ids, use_cache=False)
+
+    def generate(model):
+        return lambda: model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=NEW,
+                                      min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+
+    for model in models.values():  # warm-up
+        prefill(model)()
+        generate(model)()
+    seconds = {name: {"prefill": [], "generate": []} for name in models}
+    for _ in tqdm(range(ROUNDS), desc="rounds"):
+        for name, model in models.items():
+            seconds[name]["prefill"].append(timed(prefill(model)))
+            seconds[name]["generate"].append(timed(generate(model)))
+    rows = []
+    for name, reference in REFERENCES.items():
+        row = {"model": name, "against": reference}
+        for kind, tokens in (("prefill", BATCH * PREFILL), ("generate", BATCH * NEW)):
+            ratios = [r / c for c, r in zip(seconds[name][kind], seconds[reference][kind], strict=True)]  # throughput ratio
+            row[f"{kind} tok/s"] = tokens / statistics.median(seconds[name][kind])
+            row[f"{kind} ratio"] = statistics.median(ratios)
+            row[f"{kind} ratio range"] = f"{min(ratios):.3f}-{max(ratios):.3f}"
+        rows.append(row)
+    write_results("inference", {"batch": BATCH, "prefill_tokens": PREFILL, "prompt_tokens": PROMPT,
+                                "new_tokens": NEW, "rounds": ROUNDS, "seconds": seconds}, rows, list(rows[0]),
+                  notes=f"SmolLM2-135M, CPU, float32. Prefill: batch {BATCH} x {PREFILL} tokens. Greedy generation: "
+                  f"batch {BATCH}, {PROMPT}-token prompts, {NEW} new tokens with KV cache. All models are timed in "
+                  f"turn, {ROUNDS} rounds; a ratio is throughput against the reference in the same round, median over "
+                  "rounds (range beside it). Targets: MoSEs TIL >= 0.90x unmerged LoRA; task-routed merged export >= "
+                  "0.98x base.")
 
 if __name__ == "__main__":
     main()

@@ -160,3 +160,40 @@ def test_moses_lr_option_replaces_the_run_lr(tiny_model_dir):
 
 def test_random_batch_helper_is_deterministic():
     assert torch.equal(random_batch(1)["input_ids"], random_batch(1)["input_ids"])
+
+
+def test_inflora_basis_keeps_the_threshold_of_the_input_energy():
+    from moses.methods.inflora import grow_basis, projected_covariance
+
+    torch.manual_seed(0)
+    rotation, _ = torch.linalg.qr(torch.randn(6, 6))
+    covariance = rotation @ torch.diag(torch.tensor([50.0, 30.0, 10.0, 6.0, 3.0, 1.0])) @ rotation.T
+    basis = grow_basis(None, covariance, threshold=0.85, limit=6)  # 50+30 = 80% < 85% <= 90%: three directions
+    assert basis.shape == (6, 3)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(basis @ basis.T, rotation[:, :3] @ rotation[:, :3].T, atol=1e-5, rtol=0)
+    residual = projected_covariance(covariance, basis)
+    torch.testing.assert_close(residual @ basis, torch.zeros(6, 3), atol=1e-4, rtol=0)
+    assert grow_basis(basis, covariance, threshold=0.85, limit=6) is basis  # already captured: nothing added
+    assert grow_basis(None, covariance, threshold=1.0, limit=4).shape == (6, 4)  # room kept for later tasks
+
+
+def test_inflora_fixes_a_orthogonal_to_earlier_tasks_and_trains_only_b(tiny_model_dir):
+    from moses.data.demo import demo_stream
+    from moses.models import load_model
+
+    method = make_method("inflora", {"r": 2, "threshold": 0.9})
+    method.prepare(*load_model(tiny_model_dir))
+    stream = demo_stream(n_train=8)
+    method.on_task_start(stream[0], 0)
+    method.on_task_end(stream[0], 0)
+    method.on_task_start(stream[1], 1)
+    assert {n.split(".lora_")[1].split(".")[0] for n, p in method.model.named_parameters() if p.requires_grad} \
+        == {"B"}
+    assert all(".t1." in n for n, p in method.model.named_parameters() if p.requires_grad)
+    for name, module in method.lora_modules("t1").items():
+        a_new, basis = module.lora_A["t1"].weight, method.bases[name]
+        assert 0 < basis.shape[1] < basis.shape[0]
+        torch.testing.assert_close(a_new @ a_new.T, torch.eye(2), atol=1e-4, rtol=0)
+        assert (a_new @ basis).abs().max() < 1e-3  # reads only directions task 0's inputs leave out
+        assert (module.lora_A["t0"].weight @ basis).norm() > 0.5  # task 0's own A lies in its subspace

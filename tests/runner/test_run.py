@@ -125,3 +125,16 @@ def test_learned_keys_infer_the_embedded_tasks(moses_run):
     for task in demo_stream(n_train=8, n_test=8):
         inferred = method.infer_task_names([e["prompt"] for e in task.test])
         assert inferred.count(task.name) >= 0.95 * len(inferred), inferred
+
+
+def test_options_by_method_reach_each_method_of_a_comparison(tmp_path):
+    config = RunConfig(method="moses", method_options={"top_k": 1},
+                       options_by_method={"moses": {"lr": 0.01, "top_k": 3}, "replay": {"per_task": 4}})
+    assert config.options() == {"lr": 0.01, "top_k": 1}  # the run's own method_options win
+    replay = config.for_method("replay", str(tmp_path / "replay"))
+    assert replay.options() == {"per_task": 4} and replay.output == str(tmp_path / "replay")
+    assert config.for_method("seq-lora", "x").options() == {}
+    with pytest.raises(ConfigError, match="options_by_method.*unknown method.*lorra"):
+        RunConfig(options_by_method={"lorra": {}})
+    with pytest.raises(ConfigError, match="options_by_method"):
+        RunConfig(options_by_method={"moses": 0.01})

@@ -7,6 +7,7 @@ from typing import Any
 from moses.errors import ConfigError
 from moses.methods.base import Method
 from moses.methods.ewc import EWCMethod
+from moses.methods.inflora import InfLoRAMethod
 from moses.methods.lora_per_task import LoRAPerTaskMethod
 from moses.methods.moe_lora import MoELoRAMethod
 from moses.methods.moses import MoSEsMethod
@@ -17,8 +18,8 @@ from moses.methods.seq_lora import SeqLoRAMethod
 from moses.methods.zero_shot import ZeroShotMethod
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    MoSEsMethod, SeqLoRAMethod, LoRAPerTaskMethod, ReplayMethod, EWCMethod, OLoRAMethod, MoELoRAMethod,
-    MultitaskMethod, ZeroShotMethod)}
+    MoSEsMethod, SeqLoRAMethod, LoRAPerTaskMethod, ReplayMethod, EWCMethod, OLoRAMethod, InfLoRAMethod,
+    MoELoRAMethod, MultitaskMethod, ZeroShotMethod)}
 
 
 def make_method(name: str, options: dict[str, Any] | None = None) -> Method:

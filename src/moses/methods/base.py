@@ -20,6 +20,9 @@ from moses.data.stream import Example, Task
 class Method:
     name: ClassVar[str]
     uses_task_id: ClassVar[bool] = False  # True: inference needs the task id (TIL)
+    # the run's token limits, set by the runner, for methods that encode examples themselves
+    max_prompt_tokens: int = 320
+    max_answer_tokens: int = 64
 
     def __init__(self, **options: Any) -> None:
         self.options = options

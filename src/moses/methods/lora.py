@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from moses.data.stream import Task
 from moses.errors import CheckpointError, ConfigError
 from moses.io import atomic_write_text
 from moses.methods.base import Method
@@ -105,3 +108,27 @@ class LoRAMethod(Method):
 
     def capacity(self) -> dict[str, Any]:
         return {"stored_bytes": len(self.adapters) * self.adapter_bytes(), "adapters": len(self.adapters)}
+
+
+class StackedLoRAMethod(LoRAMethod):
+    """A new adapter per task; earlier ones frozen; at inference every adapter is on (their sum), so no
+    task id is needed (O-LoRA, InfLoRA)."""
+
+    def on_task_start(self, task: Task, index: int) -> None:
+        if index > 0:
+            self.add_adapter()
+        super().on_task_start(task, index)
+        self.activate_all(trainable=self.adapters[-1])
+
+    def activate_all(self, trainable: str | None) -> None:
+        self.model.base_model.set_adapter(self.adapters)
+        for name in self.adapters:
+            for p in self.lora_parameters(name):
+                p.requires_grad_(name == trainable)
+
+    @contextmanager
+    def inference_context(self, task_name: str | None) -> Iterator[None]:
+        yield  # all adapters stay on, with or without a task id
+
+    def after_load(self) -> None:
+        self.activate_all(trainable=self.adapters[-1])

@@ -38,7 +38,6 @@ class MoSEsMethod(Method):
         if self.tail not in TAIL_RULES:
             raise ConfigError(f"moses option tail={self.tail!r}: must be one of {', '.join(TAIL_RULES)}")
         self.config = MoSEsConfig.from_dict(options, source="moses options")
-        self.prompt_tokens = 320
 
     def prepare(self, model: nn.Module, tokenizer) -> nn.Module:
         self.tokenizer = tokenizer
@@ -61,7 +60,7 @@ class MoSEsMethod(Method):
 
     def _prompt_batches(self, prompts: list[str], size: int = 16) -> Iterator[dict[str, torch.Tensor]]:
         device = next(self.model.parameters()).device
-        return generation_batches(self.tokenizer, prompts, size, self.prompt_tokens, device)
+        return generation_batches(self.tokenizer, prompts, size, self.max_prompt_tokens, device)
 
     @contextmanager
     def inference_context(self, task_name: str | None) -> Iterator[None]:

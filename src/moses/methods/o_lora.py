@@ -3,14 +3,10 @@ inference every adapter is on (their sum), so no task id is needed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
-from moses.data.stream import Task
-from moses.methods.lora import LoRAMethod
+from moses.methods.lora import StackedLoRAMethod
 
 
 def orthogonality_loss(model: nn.Module, old: list[str], new: str) -> torch.Tensor:
@@ -26,30 +22,11 @@ def orthogonality_loss(model: nn.Module, old: list[str], new: str) -> torch.Tens
     return total
 
 
-class OLoRAMethod(LoRAMethod):
+class OLoRAMethod(StackedLoRAMethod):
     name = "o-lora"
     extra_defaults = {"lambda1": 0.5}
-
-    def on_task_start(self, task: Task, index: int) -> None:
-        if index > 0:
-            self.add_adapter()
-        super().on_task_start(task, index)
-        self.activate_all(trainable=self.adapters[-1])
-
-    def activate_all(self, trainable: str | None) -> None:
-        self.model.base_model.set_adapter(self.adapters)
-        for name in self.adapters:
-            for p in self.lora_parameters(name):
-                p.requires_grad_(name == trainable)
 
     def extra_loss(self, batch, outputs) -> torch.Tensor | None:
         if len(self.adapters) < 2:
             return None
         return self.options["lambda1"] * orthogonality_loss(self.model, self.adapters[:-1], self.adapters[-1])
-
-    @contextmanager
-    def inference_context(self, task_name: str | None) -> Iterator[None]:
-        yield  # all adapters stay on, with or without a task id
-
-    def after_load(self) -> None:
-        self.activate_all(trainable=self.adapters[-1])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +43,15 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
 
 def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=print) -> list[dict[str, Any]]:
     """Run each method into <output>/<method> (a finished run is reused, an interrupted one resumed) and
-    write compare.md, compare.json and compare.png into <output>. The config's method options apply to
-    its own method; the others run with their defaults."""
+    write compare.md, compare.json and compare.png into <output>. Each method runs with its entry in
+    `options_by_method`; `method_options` apply to the config's own method only."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
     output = Path(config.output)
     rows = []
     for method in methods:
-        method_config = replace(config, method=method, output=str(output / method),
-                                method_options=config.method_options if method == config.method else {})
+        method_config = config.for_method(method, str(output / method))
         existing = read_results(Path(method_config.output))
         if existing and existing.get("completed") == len(existing.get("tasks", [])) and resume:
             echo(f"[{method}] finished earlier: reusing {method_config.output}")

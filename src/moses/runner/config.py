@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ class RunConfig:
     dtype: str = "float32"
     # method
     method: str = "moses"
-    method_options: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, Any] = field(default_factory=dict)  # options of `method` (win over the below)
+    options_by_method: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"moses": {"lr": 0.01}}
     # task stream
     stream: str = "demo"
     data_dir: str | None = None
@@ -75,8 +76,28 @@ class RunConfig:
             raise bad("tasks", "must be a list of task names")
         if not isinstance(self.method_options, dict):
             raise bad("method_options", "must be a mapping")
+        by_method_ok = isinstance(self.options_by_method, dict) and all(
+            isinstance(v, dict) for v in self.options_by_method.values())
+        if not by_method_ok:
+            raise bad("options_by_method", "must map method names to mappings of options")
+        if self.options_by_method:
+            from moses.methods import METHODS  # late: the methods import torch and peft
+
+            unknown = sorted(set(self.options_by_method) - set(METHODS))
+            if unknown:
+                raise bad("options_by_method", f"unknown method(s) {', '.join(unknown)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise bad("dtype", "must be float32, bfloat16 or float16")
+
+    def options(self) -> dict[str, Any]:
+        """The options `method` runs with: its entry in `options_by_method`, then `method_options`."""
+        return {**self.options_by_method.get(self.method, {}), **self.method_options}
+
+    def for_method(self, method: str, output: str) -> RunConfig:
+        """This config for another method of a comparison: `method_options` belong to `self.method` only;
+        `options_by_method` travels with every run (so each run's config.json says what it ran with)."""
+        return replace(self, method=method, output=output,
+                       method_options=self.method_options if method == self.method else {})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

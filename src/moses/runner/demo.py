@@ -19,11 +19,10 @@ def run_demo(config: RunConfig, methods: tuple[str, ...] = DEMO_METHODS, resume:
              echo=print) -> dict[str, dict[str, Any]]:
     """One run per method under <output>/<method>; prints each accuracy matrix with OP and BWT."""
     began = time.perf_counter()
+    config = replace(config, options_by_method={**DEMO_OPTIONS, **config.options_by_method})
     all_results = {}
     for method in methods:
-        options = {**DEMO_OPTIONS.get(method, {}), **config.method_options} if method == "moses" else {}
-        method_config = replace(config, method=method, output=str(Path(config.output) / method),
-                                method_options=options)
+        method_config = config.for_method(method, str(Path(config.output) / method))
         all_results[method] = run(method_config, resume=resume, echo=echo)
     echo("")
     for method, results in all_results.items():

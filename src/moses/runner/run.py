@@ -21,7 +21,7 @@ from moses.data.stream import Task, load_manifest
 from moses.data.trace import load_trace
 from moses.errors import CheckpointError, ConfigError
 from moses.io import atomic_write_text, read_json
-from moses.methods import make_method
+from moses.methods import Method, make_method
 from moses.metrics.continual import summarize
 from moses.models import load_model
 from moses.runner.config import RunConfig
@@ -85,6 +85,12 @@ def _save_checkpoint(method, output: Path, index: int, task: Task) -> None:
             shutil.rmtree(older)
 
 
+def _method(config: RunConfig) -> Method:
+    method = make_method(config.method, config.options())
+    method.max_prompt_tokens, method.max_answer_tokens = config.max_prompt_tokens, config.max_answer_tokens
+    return method
+
+
 def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
     """Train and evaluate the stream; with `resume`, continue after the last finished task."""
     from accelerate.utils import set_seed
@@ -101,7 +107,7 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
                                   f"({', '.join(diffs)}); resume with the same ones")
     tasks = build_stream(config)
     names = [t.name for t in tasks]
-    method = make_method(config.method, config.method_options)
+    method = _method(config)
     accelerator = _accelerator(config)
     main = accelerator.is_main_process
     if main:
@@ -213,7 +219,7 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     unknown = [n for n in chosen if n not in trained]
     if unknown:
         raise ConfigError(f"task(s) {', '.join(unknown)} not trained in this run (trained: {', '.join(trained)})")
-    method = make_method(config.method, config.method_options)
+    method = _method(config)
     base, tokenizer = load_model(config.model, device=str(_accelerator(config).device), dtype=config.dtype)
     model = method.load(base, tokenizer, checkpoint_dir(output, completed - 1, stream[completed - 1]))
     scores, records = {}, []
