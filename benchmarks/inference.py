@@ -91,7 +91,8 @@ def main() -> None:
     for name, reference in REFERENCES.items():
         row = {"model": name, "against": reference}
         for kind, tokens in (("prefill", BATCH * PREFILL), ("generate", BATCH * NEW)):
-            ratios = [r / c for c, r in zip(seconds[name][kind], seconds[reference][kind], strict=True)]  # throughput ratio
+            pairs = zip(seconds[name][kind], seconds[reference][kind], strict=True)
+            ratios = [r / c for c, r in pairs]  # throughput ratio = inverse time ratio
             row[f"{kind} tok/s"] = tokens / statistics.median(seconds[name][kind])
             row[f"{kind} ratio"] = statistics.median(ratios)
             row[f"{kind} ratio range"] = f"{min(ratios):.3f}-{max(ratios):.3f}"

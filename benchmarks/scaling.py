@@ -62,7 +62,8 @@ def main() -> None:
     write_results("scaling", {"d": D, "tokens": TOKENS, "rank": RANK, "rows": rows}, rows, list(rows[0]),
                   notes=f"Forward of one {D}x{D} projection with its adapter on {TOKENS} tokens, CPU, no grad. MoSEs "
                   f"and LoRA are timed alternately, {ROUNDS} rounds of 5 calls; MoSEs / LoRA is the median of the "
-                  "per-round ratios (min and max beside it); loop: median of 5. Target: MoSEs / LoRA <= 1.2 up to N = 16.")
+                  "per-round ratios (min and max beside it); loop: median of 5. Target: MoSEs / LoRA <= 1.2 up to "
+                  "N = 16.")
 
 
 if __name__ == "__main__":
