@@ -1,8 +1,11 @@
 """Every method on the same tiny run, plus each baseline's defining property."""
 
+import json
+
 import pytest
 import torch
 
+from moses.errors import ConfigError
 from moses.methods import METHODS, make_method
 from moses.methods.o_lora import orthogonality_loss
 from moses.runner.run import run
@@ -135,27 +138,23 @@ def test_moe_lora_never_freezes(tiny_model_dir, tmp_path):
 
 
 def test_method_options_are_checked():
-    from moses.errors import ConfigError
-
     with pytest.raises(ConfigError, match="unknown option"):
         make_method("replay", {"per_tsk": 3})
     with pytest.raises(ConfigError, match="tail='guess'"):
         make_method("moses", {"tail": "guess"})
     with pytest.raises(ConfigError, match="task_density"):
         make_method("moe-lora", {"task_density": 0.5})
+
+
+@pytest.mark.parametrize("name", ["moses", "replay"])
+def test_lr_option_replaces_the_run_lr_for_any_method(name, tiny_model_dir, tmp_path):
+    config = tiny_config(tiny_model_dir, tmp_path, method=name, epochs=1, lr=0.001,
+                         options_by_method={name: {"lr": 0.05}})
+    run(config, **QUIET)
+    logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert logged and {entry["lr"] for entry in logged} == {0.05}
     with pytest.raises(ConfigError, match="lr=-1"):
-        make_method("moses", {"lr": -1})
-
-
-def test_moses_lr_option_replaces_the_run_lr(tiny_model_dir):
-    from moses.data.demo import demo_stream
-    from moses.models import load_model
-
-    method = make_method("moses", {"lr": 0.05, "num_subexperts": 4})
-    method.prepare(*load_model(tiny_model_dir))
-    method.on_task_start(demo_stream()[0], 0)
-    groups = {g["name"]: g["lr"] for g in method.param_groups(0.001)}
-    assert groups == {"pool": 0.05, "scores": 0.05, "router": 0.05}
+        make_method(name, {"lr": -1})
 
 
 def test_random_batch_helper_is_deterministic():

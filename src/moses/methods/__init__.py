@@ -23,9 +23,16 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
 
 
 def make_method(name: str, options: dict[str, Any] | None = None) -> Method:
+    """A method from its options; `lr`, valid for every method, is its learning rate in place of the run's."""
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
-    return METHODS[name](**(options or {}))
+    options = dict(options or {})
+    lr = options.pop("lr", None)
+    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0):
+        raise ConfigError(f"{name} option lr={lr!r}: must be a number > 0")
+    method = METHODS[name](**options)
+    method.lr = lr
+    return method
 
 
 __all__ = ["METHODS", "Method", "make_method"]

@@ -23,6 +23,7 @@ class Method:
     # the run's token limits, set by the runner, for methods that encode examples themselves
     max_prompt_tokens: int = 320
     max_answer_tokens: int = 64
+    lr: float | None = None  # option `lr` of any method: its learning rate in place of the run's
 
     def __init__(self, **options: Any) -> None:
         self.options = options

@@ -22,9 +22,8 @@ TAIL_RULES = ("prototype", "keys", "latest")
 class MoSEsMethod(Method):
     """Options: every MoSEsConfig field, plus `tail`: "prototype" (nearest mean base-model embedding of
     each task's training prompts; the spec's default), "keys" (nearest key learned with a pull loss on those
-    embeddings) or "latest" (the last task's masks and router), and
-    `lr`: this method's learning rate in place of the run's (masked, gated subexperts need a larger one than
-    LoRA at a few dozen steps per task; measured on TRACE-CPU)."""
+    embeddings) or "latest" (the last task's masks and router). Masked, gated subexperts need a larger
+    learning rate than LoRA at a few dozen steps per task (measured on TRACE-CPU): give it the option `lr`."""
 
     name = "moses"
     uses_task_id = True
@@ -32,9 +31,6 @@ class MoSEsMethod(Method):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.tail = options.pop("tail", "prototype")
-        self.lr = options.pop("lr", None)
-        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not self.lr > 0):
-            raise ConfigError(f"moses option lr={self.lr!r}: must be a number > 0")
         if self.tail not in TAIL_RULES:
             raise ConfigError(f"moses option tail={self.tail!r}: must be one of {', '.join(TAIL_RULES)}")
         self.config = MoSEsConfig.from_dict(options, source="moses options")
@@ -48,7 +44,7 @@ class MoSEsMethod(Method):
         self.model.add_task(task.name)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        return self.model.optimizer_param_groups(self.lr or lr)
+        return self.model.optimizer_param_groups(lr)
 
     def extra_loss(self, batch, outputs) -> torch.Tensor | None:
         return self.model.aux_loss()  # the load-balance term (None when its coefficient is 0)

@@ -42,7 +42,7 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
     Returns one log row per optimizer step: loss, learning rate, seconds."""
     if not examples:  # e.g. zero-shot, or multitask before the last stage
         return []
-    optimizer = torch.optim.AdamW(method.param_groups(config.lr))
+    optimizer = torch.optim.AdamW(method.param_groups(method.lr or config.lr))
     trained, optimizer = accelerator.prepare(model, optimizer)
     order = random.Random(seed)
     micro_batches = -(-len(examples) // config.batch_size)
