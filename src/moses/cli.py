@@ -107,8 +107,15 @@ def _run(args: argparse.Namespace) -> int:
 
     config = _run_config(args, output="runs/run")
     results = run(config, resume=args.resume)
-    print(report_markdown(results, title=f"{config.method} on {', '.join(results['tasks'])}"))
+    if _is_main_process():  # under `accelerate launch` every process returns here
+        print(report_markdown(results, title=f"{config.method} on {', '.join(results['tasks'])}"))
     return 0
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -14,14 +14,25 @@ from moses.metrics import text
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
                      max_prompt_tokens: int = 320, description: str = "generate") -> list[str]:
+    """Greedy answers in prompt order. Under several processes (accelerate) each generates every n-th prompt
+    and all of them get the whole list back."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    mine = prompts[state.process_index::state.num_processes]
     device = next(model.parameters()).device
     answers: list[str] = []
-    batches = generation_batches(tokenizer, prompts, batch_size, max_prompt_tokens, device)
-    for batch in tqdm(batches, total=-(-len(prompts) // batch_size), desc=description, leave=False):
+    batches = generation_batches(tokenizer, mine, batch_size, max_prompt_tokens, device)
+    for batch in tqdm(batches, total=-(-len(mine) // batch_size), desc=description, leave=False,
+                      disable=not state.is_local_main_process):
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                              pad_token_id=tokenizer.pad_token_id)
         answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return answers
+    if state.num_processes == 1:
+        return answers
+    indexed = gather_object([(state.process_index + i * state.num_processes, a) for i, a in enumerate(answers)])
+    return [answer for _, answer in sorted(indexed)]
 
 
 def score_task(task: Task, predictions: list[str]) -> float:

@@ -85,6 +85,10 @@ def _save_checkpoint(method, output: Path, index: int, task: Task) -> None:
             shutil.rmtree(older)
 
 
+def _silent(*_: Any) -> None:
+    pass
+
+
 def _method(config: RunConfig) -> Method:
     method = make_method(config.method, config.options())
     method.max_prompt_tokens, method.max_answer_tokens = config.max_prompt_tokens, config.max_answer_tokens
@@ -110,6 +114,8 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
     method = _method(config)
     accelerator = _accelerator(config)
     main = accelerator.is_main_process
+    if not main:  # one process speaks for all
+        echo = _silent
     if main:
         output.mkdir(parents=True, exist_ok=True)
         config.save(output / CONFIG_FILE)

@@ -56,16 +56,20 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
             shuffled = examples[:]
             order.shuffle(shuffled)
             for start in range(0, len(shuffled), config.batch_size):
-                batch = training_batch(tokenizer, shuffled[start:start + config.batch_size],
-                                       config.max_prompt_tokens, config.max_answer_tokens)
+                # data parallel: each process takes its share of the batch (DDP averages the gradients); a
+                # process left without examples runs one with weight 0, as every process must join backward
+                chunk = shuffled[start:start + config.batch_size]
+                shard = chunk[accelerator.process_index::accelerator.num_processes]
+                batch = training_batch(tokenizer, shard or chunk[:1], config.max_prompt_tokens,
+                                       config.max_answer_tokens)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.accumulate(trained):
                     loss, outputs = answer_loss(trained, batch)
                     extra = method.extra_loss(batch, outputs)
                     if extra is not None:
                         loss = loss + extra
-                    accelerator.backward(loss)
-                    losses.append(loss.item())
+                    accelerator.backward(loss if shard else loss * 0)
+                    losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
                     if accelerator.sync_gradients:
                         method.before_optimizer_step()
                     optimizer.step()
