@@ -29,6 +29,8 @@ RUN_FLAGS: list[tuple[str, Any, str]] = [
     ("max_prompt_tokens", int, "prompt tokens kept (cut from the left)"),
     ("max_answer_tokens", int, "answer tokens trained on"),
     ("eval_batch_size", int, "generation batch size"),
+    ("eval_rows", str, "after each task, evaluate every seen task (full) or only the new one, every task "
+                       "after the last (diagonal: enough for OP, BWT, forgetting)"),
     ("seed", int, "random seed"),
     ("device", str, "auto (accelerate picks) or cpu"),
     ("dtype", str, "float32, bfloat16 or float16"),

@@ -41,8 +41,22 @@ def test_single_task():
     assert backward_transfer([[50.0]]) is None and forgetting([[50.0]]) is None
 
 
+def test_diagonal_and_last_row_are_enough_for_op_bwt_forgetting():
+    diagonal = [[80.0, None, None],
+                [None, 90.0, None],
+                [70.0, 50.0, 40.0]]
+    summary = summarize(diagonal, ZERO_SHOT)
+    assert summary["OP"] == average_performance(R) and summary["BWT"] == backward_transfer(R)
+    assert summary["forgetting"] == pytest.approx(((80 - 70) + (90 - 50)) / 2)
+    assert summary["AAT"] is None and summary["FWT"] is None
+    # a middle row with some earlier tasks: forgetting takes the best score that was measured
+    assert forgetting([[80.0, None, None], [85.0, 90.0, None], [70.0, 50.0, 40.0]]) == pytest.approx(((85 - 70) + (90 - 50)) / 2)
+
+
 def test_malformed_matrices_are_errors():
     with pytest.raises(ValueError, match="T x T"):
         average_performance([[1.0, 2.0]])
     with pytest.raises(ValueError, match="lacks a score"):
         average_performance([[1.0, None], [None, 2.0]])
+    with pytest.raises(ValueError, match=r"R\[1\]\[1\] is missing"):
+        average_performance([[1.0, None], [3.0, None]])

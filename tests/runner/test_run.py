@@ -138,3 +138,24 @@ def test_options_by_method_reach_each_method_of_a_comparison(tmp_path):
         RunConfig(options_by_method={"lorra": {}})
     with pytest.raises(ConfigError, match="options_by_method"):
         RunConfig(options_by_method={"moses": 0.01})
+
+
+def test_diagonal_rows_evaluate_the_new_task_then_all_at_the_end(tiny_model_dir, tmp_path):
+    from moses.data.demo import demo_stream
+
+    tasks = []
+    for name, task in zip(("a", "b", "c"), demo_stream() + demo_stream()[:1], strict=False):
+        for split in ("train", "test"):
+            (tmp_path / f"{name}_{split}.json").write_text(json.dumps(getattr(task, split)[:8]))
+        tasks.append({"name": name, "train": f"{name}_train.json", "test": f"{name}_test.json"})
+    (tmp_path / "stream.json").write_text(json.dumps({"tasks": tasks}))
+    config = tiny_config(tiny_model_dir, tmp_path / "run", stream="manifest", manifest=str(tmp_path / "stream.json"),
+                         eval_rows="diagonal", epochs=1)
+    results = run(config, echo=lambda *_: None)
+    assert [[score is not None for score in row] for row in results["R"]] == [
+        [True, False, False], [False, True, False], [True, True, True]]
+    assert results["metrics"]["BWT"] == 0.0 and results["metrics"]["AAT"] is None
+    assert sorted(p.stem for p in (tmp_path / "run" / "predictions").glob("after-*")) == [
+        "after-00-a", "after-01-b", "after-02-a", "after-02-b", "after-02-c"]
+    with pytest.raises(ConfigError, match="eval_rows"):
+        RunConfig(eval_rows="diagonal", fwt=True)

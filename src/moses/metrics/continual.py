@@ -1,5 +1,7 @@
 """Continual-learning metrics from the score matrix R: R[i][j] is the score on task j after training task i
-(None where task j was not evaluated). Scores are on the 0-100 scale."""
+(None where task j was not evaluated). Scores are on the 0-100 scale. Every metric needs the diagonal and
+the last row; runs that evaluate only the new task after each stage (`eval_rows: diagonal`) have just those,
+and the metrics that need more (AAT, FWT) are None for them."""
 
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ def _square(R: Matrix) -> int:
     if T == 0 or any(len(row) != T for row in R):
         raise ValueError(f"R must be a non-empty T x T matrix, got {len(R)} rows of lengths {[len(r) for r in R]}")
     for i in range(T):
-        if any(R[i][j] is None for j in range(i + 1)):
-            raise ValueError(f"R[{i}] lacks a score for a task already trained (columns 0..{i} are required)")
+        if R[i][i] is None:
+            raise ValueError(f"R[{i}][{i}] is missing: each task is scored right after it is trained")
+    if any(score is None for score in R[T - 1]):
+        raise ValueError(f"R[{T - 1}] (after the last task) lacks a score: every task is scored at the end")
     return T
 
 
@@ -50,12 +54,16 @@ def forward_transfer(R: Matrix, zero_shot: Sequence[float]) -> float | None:
 def forgetting(R: Matrix) -> float | None:
     """Mean over earlier tasks of the best score they ever had minus their final score (Chaudhry et al. 2018)."""
     T = _square(R)
-    return _mean([max(R[i][j] for i in range(j, T - 1)) - R[T - 1][j] for j in range(T - 1)])
+    best = [max(R[i][j] for i in range(j, T - 1) if R[i][j] is not None) for j in range(T - 1)]
+    return _mean([best[j] - R[T - 1][j] for j in range(T - 1)])
 
 
-def average_accuracy_over_time(R: Matrix) -> float:
-    """Mean over stages i of the mean score on the tasks seen so far (average incremental accuracy)."""
+def average_accuracy_over_time(R: Matrix) -> float | None:
+    """Mean over stages i of the mean score on the tasks seen so far (average incremental accuracy); None
+    unless every stage scored every task seen so far."""
     T = _square(R)
+    if any(R[i][j] is None for i in range(T) for j in range(i + 1)):
+        return None
     return sum(sum(R[i][: i + 1]) / (i + 1) for i in range(T)) / T
 
 

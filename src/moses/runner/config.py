@@ -44,6 +44,7 @@ class RunConfig:
     eval_batch_size: int = 16
     zero_shot: bool = True
     fwt: bool = False  # also evaluate tasks not trained yet (forward transfer)
+    eval_rows: str = "full"  # after each task: "full" every seen task; "diagonal" the new one (all at the end)
     tail: bool = False  # also evaluate every row with the task id unknown (TaIL), with task-id accuracy
     output: str = "runs/run"
 
@@ -86,6 +87,10 @@ class RunConfig:
             unknown = sorted(set(self.options_by_method) - set(METHODS))
             if unknown:
                 raise bad("options_by_method", f"unknown method(s) {', '.join(unknown)}")
+        if self.eval_rows not in ("full", "diagonal"):
+            raise bad("eval_rows", "must be full or diagonal")
+        if self.eval_rows == "diagonal" and self.fwt:
+            raise bad("eval_rows", "must be full with fwt (forward transfer needs every row)")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise bad("dtype", "must be float32, bfloat16 or float16")
 

@@ -170,6 +170,8 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         if main:
             _save_checkpoint(method, output, i, task)
         columns = list(range(len(tasks))) if config.fwt else list(range(i + 1))
+        if config.eval_rows == "diagonal" and i < len(tasks) - 1:
+            columns = [i]
         row = evaluate_row(f"after-{i:02d}", columns, task_given=True)
         results["R"] = results["R"][:i] + [row]
         if config.tail:
@@ -183,10 +185,12 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         results["capacity"] = method.capacity()
         results["capacity_history"] = results.get("capacity_history", [])[:i] + [results["capacity"]]
         seen = [[r[j] for j in range(i + 1)] for r in results["R"]]
-        results["metrics"] = summarize(seen, results["zero_shot"][: i + 1] if results["zero_shot"] else None)
+        complete = all(score is not None for score in seen[-1])  # not in the middle of a diagonal run
+        results["metrics"] = (summarize(seen, results["zero_shot"][: i + 1] if results["zero_shot"] else None)
+                              if complete else None)
         if main:
             _write_results(output, results)
-        scores = ", ".join(f"{names[j]} {row[j]:.1f}" for j in range(i + 1))
+        scores = ", ".join(f"{names[j]} {row[j]:.1f}" for j in columns if j <= i)
         final = f", final loss {log[-1]['loss']:.3f}" if log else ""
         echo(f"[{config.method}] after {task.name}: {scores} ({results['train_seconds'][i]:.0f}s training{final})")
     return results
