@@ -41,6 +41,16 @@ def moses_layer(n: int, k: int) -> MoSEsLayer:
     return layer
 
 
+def flop_ratio(n: int, k: int) -> float:
+    """Multiply-adds per token of MoSEs' dense stacked forward (base, every subexpert's down-projection fused
+    with the router's N logits, every up-projection) over LoRA's of rank k*r: what the ratio would be if the
+    CPU were compute-bound. All N subexperts are computed; the gates zero all but k of them afterwards."""
+    base = D * D
+    moses = base + D * (n * RANK + n) + n * RANK * D
+    lora = base + 2 * D * k * RANK
+    return moses / lora
+
+
 @torch.no_grad()
 def main() -> None:
     torch.manual_seed(0)
@@ -57,13 +67,15 @@ def main() -> None:
             loop_s = median_seconds(lambda: layer.base_layer(x) + layer.reference_delta(x, 0), repeats=5)  # noqa: B023
             rows.append({"top_k": k, "N": n, "LoRA rank": k * RANK, "LoRA ms": 1e3 * lora_s,
                          "MoSEs ms": 1e3 * timed["candidate_s"], "MoSEs / LoRA": timed["ratio"],
-                         "ratio min": timed["ratio_min"], "ratio max": timed["ratio_max"], "loop ms": 1e3 * loop_s,
+                         "ratio min": timed["ratio_min"], "ratio max": timed["ratio_max"],
+                         "FLOP ratio": flop_ratio(n, k), "loop ms": 1e3 * loop_s,
                          "loop / LoRA": loop_s / lora_s})
     write_results("scaling", {"d": D, "tokens": TOKENS, "rank": RANK, "rows": rows}, rows, list(rows[0]),
                   notes=f"Forward of one {D}x{D} projection with its adapter on {TOKENS} tokens, CPU, no grad. MoSEs "
                   f"and LoRA are timed alternately, {ROUNDS} rounds of 5 calls; MoSEs / LoRA is the median of the "
-                  "per-round ratios (min and max beside it); loop: median of 5. Target: MoSEs / LoRA <= 1.2 up to "
-                  "N = 16.")
+                  "per-round ratios (min and max beside it); FLOP ratio: multiply-adds per token of the dense stacked "
+                  "forward over LoRA's (the ratio a compute-bound CPU would show); loop: median of 5. Target: MoSEs / "
+                  "LoRA <= 1.2 up to N = 16.")
 
 
 if __name__ == "__main__":
