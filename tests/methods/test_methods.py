@@ -196,3 +196,19 @@ def test_inflora_fixes_a_orthogonal_to_earlier_tasks_and_trains_only_b(tiny_mode
         torch.testing.assert_close(a_new @ a_new.T, torch.eye(2), atol=1e-4, rtol=0)
         assert (a_new @ basis).abs().max() < 1e-3  # reads only directions task 0's inputs leave out
         assert (module.lora_A["t0"].weight @ basis).norm() > 0.5  # task 0's own A lies in its subspace
+
+
+@pytest.mark.parametrize(("name", "damaged", "message"), [
+    ("inflora", "inflora_bases.safetensors", "inflora_bases.safetensors: missing or corrupt"),
+    ("o-lora", "adapter_tasks.json", "adapter_tasks.json: missing or malformed"),
+])
+def test_damaged_lora_checkpoint_is_one_line_exit_2(name, damaged, message, tiny_model_dir, tmp_path, capsys):
+    from moses.cli import main
+
+    run(tiny_config(tiny_model_dir, tmp_path, method=name, epochs=1), **QUIET)
+    (tmp_path / "checkpoints" / "01-size" / damaged).write_bytes(b"\x00garbage")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err  # (after the model loader's progress bar)
+    assert message in err and "Traceback" not in err and [line for line in err.splitlines() if "error" in line] == [
+        line for line in err.splitlines() if message in line and line.startswith("moses: error: ")], err
