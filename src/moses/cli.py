@@ -15,8 +15,8 @@ from moses.errors import ConfigError, MoSEsError
 # flags that map one-to-one onto RunConfig fields: (flag, type, help)
 RUN_FLAGS: list[tuple[str, Any, str]] = [
     ("model", str, "model: smollm2-135m, a .gguf file, a local HF directory or a cached model id"),
-    ("method", str, "method: moses, seq-lora, lora-per-task, replay, ewc, o-lora, moe-lora, multitask, "
-                               "inflora or zero-shot"),
+    ("method", str, "method: moses, seq-lora, lora-per-task, replay, ewc, o-lora, inflora, moe-lora, "
+                    "multitask or zero-shot"),
     ("data_dir", str, "TRACE data directory (<dir>/<Task>/{train,eval,test}.json)"),
     ("manifest", str, "stream manifest (YAML or JSON) naming each task's files"),
     ("output", str, "run directory"),

@@ -69,7 +69,9 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
                     if extra is not None:
                         loss = loss + extra
                     accelerator.backward(loss if shard else loss * 0)
-                    losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+                    weighted = torch.stack([loss.detach() * len(shard), loss.new_tensor(float(len(shard)))])
+                    loss_sum, count = accelerator.reduce(weighted, reduction="sum").tolist()
+                    losses.append(loss_sum / count)  # the batch's loss over every process's examples
                     if accelerator.sync_gradients:
                         method.before_optimizer_step()
                     optimizer.step()
