@@ -28,8 +28,9 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
 def interleaved_ratios(candidate, reference, rounds: int, repeats: int = 1, warmup: int = 1) -> dict:
     """Time `candidate` and `reference` alternately for several rounds and take the ratio within each round,
     so drifts of a shared CPU (other load, clocks) hit both sides; returns the median ratio and its spread."""
-    median_seconds(candidate, 0, warmup)
-    median_seconds(reference, 0, warmup)
+    for _ in range(warmup):
+        candidate()
+        reference()
     ratios, candidate_s, reference_s = [], [], []
     for _ in range(rounds):
         c = median_seconds(candidate, repeats, warmup=0)
