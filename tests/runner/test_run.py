@@ -159,3 +159,15 @@ def test_diagonal_rows_evaluate_the_new_task_then_all_at_the_end(tiny_model_dir,
         "after-00-a", "after-01-b", "after-02-a", "after-02-b", "after-02-c"]
     with pytest.raises(ConfigError, match="eval_rows"):
         RunConfig(eval_rows="diagonal", fwt=True)
+
+
+def test_demo_runs_moses_at_its_own_lr_beside_seq_lora(tiny_model_dir, tmp_path):
+    from moses.runner.demo import run_demo
+
+    printed = []
+    config = tiny_config(tiny_model_dir, tmp_path, epochs=1, lr=0.001)
+    results = run_demo(config, echo=printed.append)
+    assert set(results) == {"moses", "seq-lora"} and all(r["completed"] == 2 for r in results.values())
+    lrs = {m: {row["lr"] for row in read_jsonl(tmp_path / m / "train_log.jsonl")} for m in results}
+    assert lrs == {"moses": {0.01}, "seq-lora": {0.001}}
+    assert sum("OP" in line for line in printed) == 2
