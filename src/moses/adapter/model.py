@@ -28,6 +28,11 @@ TaskIds = Sequence[str | int] | torch.Tensor
 TASK_INFERENCE_RULES = ("prototype", "keys")
 
 
+def _check_inference_rule(rule: str) -> None:
+    if rule not in TASK_INFERENCE_RULES:
+        raise ConfigError(f"task inference rule {rule!r}: must be one of {', '.join(TASK_INFERENCE_RULES)}")
+
+
 def resolve_targets(model: nn.Module, config: MoSEsConfig) -> list[str] | str:
     """The config's targets, or the architecture's attention projections when the default matches nothing."""
     targets = config.target_modules
@@ -210,8 +215,7 @@ class MoSEsModel(nn.Module):
         """Each prompt's task index: the nearest task prototype (rule "prototype") or learned key ("keys") of
         its base-model embedding."""
         rule = rule or self.task_inference_rule
-        if rule not in TASK_INFERENCE_RULES:
-            raise ConfigError(f"task inference rule {rule!r}: must be one of {', '.join(TASK_INFERENCE_RULES)}")
+        _check_inference_rule(rule)
         if not self.prototypes.ready():
             raise TaskError("no task prototypes: call observe_prompts() on each task's training prompts")
         with self.disable_adapter():
@@ -224,8 +228,7 @@ class MoSEsModel(nn.Module):
     def set_task_inference(self, enabled: bool = True, rule: str = "prototype") -> None:
         """When enabled, forward/generate without task_ids infer a task per sample from its prompt
         (for step-by-step decoding with a KV cache, pass task_ids, or use generate)."""
-        if rule not in TASK_INFERENCE_RULES:
-            raise ConfigError(f"task inference rule {rule!r}: must be one of {', '.join(TASK_INFERENCE_RULES)}")
+        _check_inference_rule(rule)
         self.infers_task_ids, self.task_inference_rule = enabled, rule
 
     def _task_ids_for(self, task_ids: TaskIds | None, kwargs: dict[str, Any]) -> TaskIds | None:
