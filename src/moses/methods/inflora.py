@@ -36,22 +36,26 @@ def projected_covariance(covariance: torch.Tensor, basis: torch.Tensor | None) -
     return residual - (residual @ basis) @ basis.T
 
 
-def principal_directions(covariance: torch.Tensor, k: int) -> torch.Tensor:
-    """The k leading eigenvectors of a symmetric matrix, as columns, largest eigenvalue first."""
-    _, vectors = torch.linalg.eigh(covariance.double())
-    return vectors[:, -k:].flip(1).to(covariance.dtype)
+Eigen = tuple[torch.Tensor, torch.Tensor]
 
 
-def grow_basis(basis: torch.Tensor | None, covariance: torch.Tensor, threshold: float, limit: int) -> torch.Tensor:
+def residual_eigen(covariance: torch.Tensor, basis: torch.Tensor | None) -> Eigen:
+    """Eigenvalues (descending, >= 0) and eigenvectors (columns, in the same order) of the covariance with
+    the earlier tasks' subspace removed."""
+    values, vectors = torch.linalg.eigh(projected_covariance(covariance, basis).double())
+    return values.flip(0).clamp_min(0), vectors.flip(1).to(covariance.dtype)
+
+
+def grow_basis(basis: torch.Tensor | None, covariance: torch.Tensor, threshold: float, limit: int,
+               eigen: Eigen | None = None) -> torch.Tensor:
     """GPM: add residual principal directions until the basis captures `threshold` of the energy trace(C);
-    at most `limit` columns in all (room must stay for later tasks' A)."""
+    at most `limit` columns in all (room must stay for later tasks' A). `eigen`: `residual_eigen` of the
+    same covariance and basis, when it was computed already."""
     dim = covariance.shape[0]
+    values, vectors = eigen if eigen is not None else residual_eigen(covariance, basis)
     basis = covariance.new_zeros(dim, 0) if basis is None else basis
     total = torch.trace(covariance).item()
     captured = torch.trace(basis.T @ covariance @ basis).item() if basis.shape[1] else 0.0
-    residual = projected_covariance(covariance, basis)
-    values, vectors = torch.linalg.eigh(residual.double())
-    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1).to(covariance.dtype)
     needed = threshold * total - captured
     if needed <= 0 or total <= 0:
         return basis
@@ -75,6 +79,7 @@ class InfLoRAMethod(StackedLoRAMethod):
             raise ConfigError(f"inflora option threshold={threshold!r}: must be in (0, 1]")
         self.bases: dict[str, torch.Tensor] = {}  # LoRA-wrapped module name -> (d_in, k) orthonormal columns
         self.covariances: dict[str, torch.Tensor] = {}  # of the task being trained
+        self.eigens: dict[str, Eigen] = {}  # of its residual covariances: A at task start, the basis at its end
 
     def lora_modules(self, adapter: str) -> dict[str, nn.Module]:
         return {name: module for name, module in self.model.named_modules()
@@ -115,19 +120,20 @@ class InfLoRAMethod(StackedLoRAMethod):
         adapter = self.adapters[-1]
         modules = self.lora_modules(adapter)
         self.covariances = self.input_covariances(task.train, modules)
+        self.eigens = {name: residual_eigen(self.covariances[name], self.bases.get(name)) for name in modules}
         for name, module in modules.items():
-            weight = module.lora_A[adapter].weight  # (r, d_in)
-            residual = projected_covariance(self.covariances[name], self.bases.get(name))
+            weight = module.lora_A[adapter].weight  # (r, d_in): the r leading residual directions
             with torch.no_grad():
-                weight.copy_(principal_directions(residual, weight.shape[0]).T.to(weight))
+                weight.copy_(self.eigens[name][1][:, : weight.shape[0]].T.to(weight))
             weight.requires_grad_(False)
 
     def on_task_end(self, task: Task, index: int) -> None:
         rank = self.options["r"]
         for name, covariance in self.covariances.items():
             limit = covariance.shape[0] - rank  # keep room for the next task's A
-            self.bases[name] = grow_basis(self.bases.get(name), covariance, self.options["threshold"], limit)
-        self.covariances = {}
+            self.bases[name] = grow_basis(self.bases.get(name), covariance, self.options["threshold"], limit,
+                                          self.eigens[name])
+        self.covariances, self.eigens = {}, {}
 
     def activate_all(self, trainable: str | None) -> None:
         super().activate_all(trainable)
