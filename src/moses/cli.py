@@ -33,7 +33,8 @@ RUN_FLAGS: list[tuple[str, Any, str]] = [
                        "after the last (diagonal: enough for OP, BWT, forgetting)"),
     ("seed", int, "random seed"),
     ("device", str, "auto (accelerate picks) or cpu"),
-    ("dtype", str, "float32, bfloat16 or float16"),
+    ("dtype", str, "weights as loaded: float32, bfloat16 or float16"),
+    ("precision", str, "mixed precision: auto (bf16 where the CPU or GPU runs it natively), bf16 or fp32"),
 ]
 
 
@@ -133,7 +134,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     config = _run_config(args, output="runs/compare")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = compare(config, methods, resume=not args.fresh)
+    rows = compare(config, methods, resume=not args.fresh, reference=args.reference)
     print(comparison_markdown(rows))
     print(f"written to {config.output}/compare.md, compare.json and compare.png")
     return 0
@@ -210,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", required=True, help="comma-separated, e.g. moses,seq-lora,replay")
     compare.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
     compare.add_argument("--fresh", action="store_true", help="refuse to reuse finished runs in --output")
+    compare.add_argument("--reference", default="moses",
+                         help="method or variant whose OP the others are compared with (paired bootstrap "
+                              "interval); default moses, or the first one listed when moses is not")
     _add_run_flags(compare, skip=("method",), resume=False)
     compare.set_defaults(func=_compare)
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from moses.cli import main
 
 
@@ -20,3 +22,32 @@ def test_compare_writes_table_json_and_png(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0  # the second time both runs are reused, not retrained
     assert capsys.readouterr().out.count("finished earlier") == 2
+
+
+def test_compare_variants_intervals_and_one_zero_shot_row(tiny_model_dir, tmp_path, capsys):
+    output = tmp_path / "cmp"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {tiny_model_dir}\nn_train: 8\nn_test: 8\nepochs: 1\nbatch_size: 4\ndevice: cpu\n"
+                      f"precision: fp32\noutput: {output}\n"
+                      "variants: {lpt-fast: {method: lora-per-task, lr: 0.05}}\n")
+    args = ["compare", "--config", str(config), "--methods", "lora-per-task,lpt-fast,seq-lora",
+            "--reference", "lora-per-task"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("zero-shot row reused") == 2  # evaluated once, by the first run
+    rows = {r["method"]: r for r in json.loads((output / "compare.json").read_text())}
+    assert json.loads((output / "lpt-fast" / "config.json").read_text())["method_options"] == {"lr": 0.05}
+    for name, row in rows.items():
+        low, high = row["OP_ci"]
+        assert low <= row["OP"] <= high and row["reference"] == "lora-per-task"
+        if name == "lora-per-task":
+            assert row["OP_minus_reference_ci"] is None
+        else:
+            low, high = row["OP_minus_reference_ci"]
+            assert low <= row["OP_minus_reference"] <= high
+            assert row["OP_minus_reference"] == pytest.approx(row["OP"] - rows["lora-per-task"]["OP"])
+    table = (output / "compare.md").read_text()
+    assert "| OP 95% CI | vs lora-per-task (95% CI) |" in table and "| lpt-fast |" in table
+    zero = json.loads((output / "seq-lora" / "results.json").read_text())["zero_shot"]
+    assert zero == json.loads((output / "lora-per-task" / "results.json").read_text())["zero_shot"]
+    assert (output / "seq-lora" / "predictions" / "zero-shot-alive.jsonl").is_file()

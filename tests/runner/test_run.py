@@ -14,7 +14,7 @@ from moses.runner.run import evaluate_run, run
 
 def tiny_config(model_dir, output, **overrides) -> RunConfig:
     settings = {"model": model_dir, "stream": "demo", "n_train": 8, "n_test": 8, "epochs": 4, "batch_size": 4,
-                "lr": 5e-2, "device": "cpu", "output": str(output), "method": "moses",
+                "lr": 5e-2, "device": "cpu", "precision": "fp32", "output": str(output), "method": "moses",
                 "method_options": {}}
     return RunConfig(**{**settings, **overrides})
 
@@ -171,3 +171,29 @@ def test_demo_runs_moses_at_its_own_lr_beside_seq_lora(tiny_model_dir, tmp_path)
     lrs = {m: {row["lr"] for row in read_jsonl(tmp_path / m / "train_log.jsonl")} for m in results}
     assert lrs == {"moses": {0.01}, "seq-lora": {0.001}}
     assert sum("OP" in line for line in printed) == 2
+
+
+def test_bf16_run_uses_autocast_and_keeps_old_tasks(moses_run, tiny_model_dir, tmp_path):
+    _, fp32 = moses_run
+    config = tiny_config(tiny_model_dir, tmp_path / "bf16", precision="bf16")
+    results = run(config, echo=lambda *_: None)
+    assert results["precision"] == "bf16" and fp32["precision"] in ("fp32", "bf16")
+    losses = [r["loss"] for r in results["train_log"]]
+    reference = [r["loss"] for r in run(replace(config, precision="fp32", output=str(tmp_path / "fp32")),
+                                        echo=lambda *_: None)["train_log"]]
+    assert losses != reference  # the forward ran in bf16
+    assert losses == pytest.approx(reference, rel=0.1)  # and trained the same way
+    assert results["R"][1][0] == results["R"][0][0] and results["metrics"]["BWT"] == 0.0
+    predictions = Path(config.output) / "predictions"
+    assert read_jsonl(predictions / "after-00-alive.jsonl") == read_jsonl(predictions / "after-01-alive.jsonl")
+
+
+def test_variants_run_their_method_with_their_own_options(tmp_path):
+    config = RunConfig(options_by_method={"moses": {"lr": 0.01, "top_k": 3}},
+                       variants={"moses-sub": {"method": "moses", "router_input": "subexperts"}})
+    variant = config.for_method("moses-sub", str(tmp_path / "v"))
+    assert variant.method == "moses" and variant.options() == {"lr": 0.01, "top_k": 3, "router_input": "subexperts"}
+    with pytest.raises(ConfigError, match="variants.bad: needs 'method'"):
+        RunConfig(variants={"bad": {"lr": 0.1}})
+    with pytest.raises(ConfigError, match="variants.moses: a variant cannot take the name of a method"):
+        RunConfig(variants={"moses": {"method": "moses"}})

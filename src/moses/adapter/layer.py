@@ -248,7 +248,7 @@ class MoSEsLayer(nn.Module):
             if task < 0:
                 continue
             rows = (sample_tasks == task).nonzero().squeeze(1)
-            delta = delta.index_copy(0, rows, self.adapter_delta(x.index_select(0, rows), task))
+            delta = delta.index_copy(0, rows, self.adapter_delta(x.index_select(0, rows), task).to(delta.dtype))
         return delta
 
     def merged_delta_weight(self, task: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""`moses compare`: several methods on one stream, one after another, each in its own resumable run."""
+"""`moses compare`: several methods (or named variants) on one stream, one after another, each in its own
+resumable run; one table with OP's bootstrap interval and the paired interval against a reference method."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 from moses.errors import ConfigError
 from moses.io import atomic_write_text
 from moses.methods import METHODS
+from moses.metrics.bootstrap import TaskScores, op_interval, paired_difference_interval
 from moses.report.plots import comparison_bars
 from moses.runner.config import RunConfig
 from moses.runner.run import read_results, run
 
-COLUMNS = ("method", "OP", "BWT", "FWT", "forgetting", "trainable_parameters", "stored_bytes", "train_seconds",
-           "total_seconds")
+COLUMNS = ("method", "OP", "OP 95% CI", "vs reference (95% CI)", "BWT", "FWT", "forgetting",
+           "trainable_parameters", "stored_bytes", "train_seconds", "total_seconds")
+RESAMPLES, SEED = 1000, 0
 
 
 def comparison_row(method: str, results: dict[str, Any]) -> dict[str, Any]:
@@ -25,7 +28,40 @@ def comparison_row(method: str, results: dict[str, Any]) -> dict[str, Any]:
     return {"method": method, "OP": metrics.get("OP"), "BWT": metrics.get("BWT"), "FWT": metrics.get("FWT"),
             "forgetting": metrics.get("forgetting"), "trainable_parameters": results.get("trainable_parameters"),
             "stored_bytes": stored, "train_seconds": train,
-            "total_seconds": train + sum(results.get("eval_seconds", []))}
+            "total_seconds": train + sum(results.get("eval_seconds", [])), "precision": results.get("precision")}
+
+
+def final_scores(run_dir: Path) -> TaskScores | None:
+    """[task][example] scores after the last task, from the run's saved predictions (None: not saved, e.g. a
+    run made before per-example scores were recorded)."""
+    results = read_results(run_dir)
+    if not results or results.get("completed") != len(results.get("tasks", [])):
+        return None
+    last = len(results["tasks"]) - 1
+    scores = []
+    for name in results["tasks"]:
+        path = run_dir / "predictions" / f"after-{last:02d}-{name}.jsonl"
+        if not path.is_file():
+            return None
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not records or any("score" not in r for r in records):
+            return None
+        scores.append([float(r["score"]) for r in records])
+    return scores
+
+
+def add_intervals(rows: list[dict[str, Any]], scores: dict[str, TaskScores | None], reference: str) -> None:
+    """OP's 95% bootstrap interval per row, and the paired interval of OP - OP(reference) on the same
+    resamples (1000, seeded), where the predictions allow it."""
+    base = scores.get(reference)
+    for row in rows:
+        mine = scores.get(row["method"])
+        row["OP_ci"] = list(op_interval(mine, RESAMPLES, SEED)) if mine else None
+        row["reference"] = reference
+        paired = mine and base and row["method"] != reference and [len(t) for t in mine] == [len(t) for t in base]
+        row["OP_minus_reference"] = (row["OP"] - next(r["OP"] for r in rows if r["method"] == reference)
+                                     if paired else None)
+        row["OP_minus_reference_ci"] = list(paired_difference_interval(mine, base, RESAMPLES, SEED)) if paired else None
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
@@ -36,30 +72,54 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
             return f"{value:.1f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
-    lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    def interval(low_high: list[float] | None) -> str:
+        return f"[{low_high[0]:.1f}, {low_high[1]:.1f}]" if low_high else "-"
+
+    def versus(row: dict[str, Any]) -> str:
+        if row.get("OP_minus_reference_ci") is None:
+            return "-"
+        return f"{row['OP_minus_reference']:+.1f} {interval(row['OP_minus_reference_ci'])}"
+
+    reference = rows[0].get("reference", "reference") if rows else "reference"
+    header = [c.replace("reference", reference) for c in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(COLUMNS) + "|"]
+    for row in rows:
+        cells = {c: cell(row.get(c)) for c in COLUMNS}
+        cells["OP 95% CI"] = interval(row.get("OP_ci"))
+        cells["vs reference (95% CI)"] = versus(row)
+        lines.append("| " + " | ".join(cells[c] for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
-def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=print) -> list[dict[str, Any]]:
-    """Run each method into <output>/<method> (a finished run is reused, an interrupted one resumed) and
-    write compare.md, compare.json and compare.png into <output>. Each method runs with its entry in
-    `options_by_method`; `method_options` apply to the config's own method only."""
-    unknown = [m for m in methods if m not in METHODS]
+def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=print,
+            reference: str = "moses") -> list[dict[str, Any]]:
+    """Run each method or variant into <output>/<name> (a finished run is reused, an interrupted one resumed)
+    and write compare.md, compare.json and compare.png into <output>. Each method runs with its entry in
+    `options_by_method`; `method_options` apply to the config's own method only; a variant (config
+    `variants`) runs its method with its own options. The zero-shot row is evaluated once and shared."""
+    unknown = [m for m in methods if m not in METHODS and m not in config.variants]
     if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)}"
+                          f"{'; variants: ' + ', '.join(config.variants) if config.variants else ''})")
     output = Path(config.output)
-    rows = []
+    rows, scores, zero_shot_from = [], {}, None
     for method in methods:
         method_config = config.for_method(method, str(output / method))
-        existing = read_results(Path(method_config.output))
+        run_dir = Path(method_config.output)
+        existing = read_results(run_dir)
         if existing and existing.get("completed") == len(existing.get("tasks", [])) and resume:
             echo(f"[{method}] finished earlier: reusing {method_config.output}")
             results = existing
         else:
-            results = run(method_config, resume=resume and existing is not None, echo=echo)
+            results = run(method_config, resume=resume and existing is not None, echo=echo,
+                          zero_shot_from=zero_shot_from)
+        if results.get("zero_shot") is not None and zero_shot_from is None:
+            zero_shot_from = run_dir
         rows.append(comparison_row(method, results))
+        scores[method] = final_scores(run_dir)
+    add_intervals(rows, scores, reference if reference in methods else methods[0])
     atomic_write_text(output / "compare.json", json.dumps(rows, indent=2) + "\n")
     atomic_write_text(output / "compare.md", comparison_markdown(rows) + "\n")
     comparison_bars(rows, output / "compare.png")
     return rows
+

@@ -28,7 +28,11 @@ def comparison_bars(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.3 * len(names) * 2), 3.6))
     for ax, key, color in ((axes[0], "OP", "#4C72B0"), (axes[1], "BWT", "#C44E52")):
         values = [r[key] if r[key] is not None else 0.0 for r in rows]
-        bars = ax.bar(names, values, color=color)
+        errors = None
+        if key == "OP" and any(r.get("OP_ci") for r in rows):  # the 95% bootstrap interval as error bars
+            errors = [[v - r["OP_ci"][0] if r.get("OP_ci") else 0 for v, r in zip(values, rows, strict=True)],
+                      [r["OP_ci"][1] - v if r.get("OP_ci") else 0 for v, r in zip(values, rows, strict=True)]]
+        bars = ax.bar(names, values, color=color, yerr=errors, capsize=3 if errors else 0)
         ax.bar_label(bars, labels=[f"{v:.1f}" if r[key] is not None else "n/a" for v, r in zip(values, rows,
                                                                                                strict=True)])
         ax.set_title(f"{key} (higher is better)")

@@ -10,6 +10,7 @@ from typing import Any
 from moses.errors import ConfigError
 from moses.io import atomic_write_text, read_mapping
 from moses.models import DEFAULT_MODEL
+from moses.precision import PRECISIONS
 
 STREAMS = ("demo", "trace", "manifest")
 
@@ -19,11 +20,14 @@ class RunConfig:
     # model
     model: str = DEFAULT_MODEL
     device: str = "auto"  # "auto": what accelerate picks (a GPU when there is one), or "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # the weights as loaded; mixed precision is `precision`
+    precision: str = "auto"  # fp32, bf16 (autocast, fp32 master weights) or auto (bf16 where native)
     # method
     method: str = "moses"
     method_options: dict[str, Any] = field(default_factory=dict)  # options of `method` (win over the below)
     options_by_method: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"moses": {"lr": 0.01}}
+    # named variants of a method for `moses compare`, e.g. {"moses-sub": {"method": "moses", "lr": 0.005}}
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     # task stream
     stream: str = "demo"
     data_dir: str | None = None
@@ -87,22 +91,49 @@ class RunConfig:
             unknown = sorted(set(self.options_by_method) - set(METHODS))
             if unknown:
                 raise bad("options_by_method", f"unknown method(s) {', '.join(unknown)}")
+        self._validate_variants()
         if self.eval_rows not in ("full", "diagonal"):
             raise bad("eval_rows", "must be full or diagonal")
         if self.eval_rows == "diagonal" and self.fwt:
             raise bad("eval_rows", "must be full with fwt (forward transfer needs every row)")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise bad("dtype", "must be float32, bfloat16 or float16")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
+
+    def _validate_variants(self) -> None:
+        if not self.variants:
+            return
+        from moses.methods import METHODS  # late: the methods import torch and peft
+
+        if not isinstance(self.variants, dict):
+            raise ConfigError(f"config variants={self.variants!r}: must map variant names to options")
+        for name, options in self.variants.items():
+            where = f"config variants.{name}"
+            if name in METHODS:
+                raise ConfigError(f"{where}: a variant cannot take the name of a method")
+            if not isinstance(options, dict) or options.get("method") not in METHODS:
+                raise ConfigError(f"{where}: needs 'method', one of {', '.join(METHODS)}")
 
     def options(self) -> dict[str, Any]:
         """The options `method` runs with: its entry in `options_by_method`, then `method_options`."""
         return {**self.options_by_method.get(self.method, {}), **self.method_options}
 
     def for_method(self, method: str, output: str) -> RunConfig:
-        """This config for another method of a comparison: `method_options` belong to `self.method` only;
-        `options_by_method` travels with every run (so each run's config.json says what it ran with)."""
+        """This config for another method or variant of a comparison: `method_options` belong to `self.method`
+        only; `options_by_method` travels with every run (so each run's config.json says what it ran with).
+        A variant runs its `method` with the variant's options over that method's `options_by_method`."""
+        if method in self.variants:
+            options = {k: v for k, v in self.variants[method].items() if k != "method"}
+            return replace(self, method=self.variants[method]["method"], output=output, method_options=options)
         return replace(self, method=method, output=output,
                        method_options=self.method_options if method == self.method else {})
+
+    def evaluation_key(self) -> dict[str, Any]:
+        """The settings that decide the zero-shot row: runs that agree on them can share it."""
+        keys = ("model", "dtype", "precision", "stream", "data_dir", "manifest", "tasks", "n_train", "n_test",
+                "eval_as_train", "max_prompt_tokens", "eval_batch_size", "seed", "device")
+        return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from tqdm.auto import tqdm
 
@@ -9,13 +11,15 @@ from moses.data.collate import generation_batches
 from moses.data.stream import Task
 from moses.data.trace import sari_source
 from moses.metrics import text
+from moses.precision import autocast
 
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
-                     max_prompt_tokens: int = 320, description: str = "generate") -> list[str]:
-    """Greedy answers in prompt order. Under several processes (accelerate) each generates every n-th prompt
-    and all of them get the whole list back."""
+                     max_prompt_tokens: int = 320, description: str = "generate",
+                     precision: str = "fp32") -> list[str]:
+    """Greedy answers in prompt order, generated under `precision` (fp32 or bf16 autocast). Under several
+    processes (accelerate) each generates every n-th prompt and all of them get the whole list back."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
@@ -26,8 +30,9 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     batches = generation_batches(tokenizer, mine, batch_size, max_prompt_tokens, device)
     for batch in tqdm(batches, total=-(-len(mine) // batch_size), desc=description, leave=False,
                       disable=not state.is_local_main_process):
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                             pad_token_id=tokenizer.pad_token_id)
+        with autocast(precision, device.type):
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                 pad_token_id=tokenizer.pad_token_id)
         answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     if state.num_processes == 1:
         return answers
@@ -43,11 +48,19 @@ def score_task(task: Task, predictions: list[str]) -> float:
     return getattr(text, task.metric)(predictions, references)
 
 
-def evaluate_task(model, tokenizer, task: Task, batch_size: int = 16,
-                  max_prompt_tokens: int = 320) -> tuple[float, list[dict]]:
+def example_scores(task: Task, predictions: list[str]) -> list[float]:
+    """Each test example's score, 0-100. Every task metric is the mean of these, which is what lets
+    `moses compare` bootstrap intervals from the saved predictions."""
+    return [score_task(replace(task, test=[example]), [prediction])
+            for example, prediction in zip(task.test, predictions, strict=True)]
+
+
+def evaluate_task(model, tokenizer, task: Task, batch_size: int = 16, max_prompt_tokens: int = 320,
+                  precision: str = "fp32") -> tuple[float, list[dict]]:
     """(score, one record per test example)."""
     predictions = generate_answers(model, tokenizer, [e["prompt"] for e in task.test], task.max_new_tokens,
-                                   batch_size, max_prompt_tokens, description=f"eval {task.name}")
-    records = [{"task": task.name, "prediction": p, "reference": e["answer"]}
-               for p, e in zip(predictions, task.test, strict=True)]
+                                   batch_size, max_prompt_tokens, description=f"eval {task.name}",
+                                   precision=precision)
+    records = [{"task": task.name, "prediction": p, "reference": e["answer"], "score": score}
+               for p, e, score in zip(predictions, task.test, example_scores(task, predictions), strict=True)]
     return score_task(task, predictions), records

@@ -24,6 +24,7 @@ from moses.io import atomic_write_text, read_json
 from moses.methods import Method, make_method
 from moses.metrics.continual import summarize
 from moses.models import load_model
+from moses.precision import accelerate_mixed_precision, resolve_precision
 from moses.runner.config import RunConfig
 from moses.runner.evaluate import evaluate_task
 from moses.runner.train import train_task
@@ -57,9 +58,17 @@ def read_results(output: Path) -> dict[str, Any] | None:
 
 
 def _accelerator(config: RunConfig):
-    from accelerate import Accelerator
+    """(accelerator, precision, why): bf16 or fp32 resolved for the run's device."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
 
-    return Accelerator(cpu=config.device == "cpu", gradient_accumulation_steps=config.grad_accum)
+    precision, why = resolve_precision(config.precision, PartialState(cpu=config.device == "cpu").device.type)
+    wanted = accelerate_mixed_precision(precision)
+    if AcceleratorState._shared_state.get("_mixed_precision", wanted) != wanted:
+        AcceleratorState._reset_state()  # one process, runs of two precisions (tests, comparisons)
+    accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=wanted,
+                              gradient_accumulation_steps=config.grad_accum)
+    return accelerator, precision, why
 
 
 def _write_results(output: Path, results: dict[str, Any]) -> None:
@@ -95,8 +104,23 @@ def _method(config: RunConfig) -> Method:
     return method
 
 
-def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
-    """Train and evaluate the stream; with `resume`, continue after the last finished task."""
+def _shared_zero_shot(config: RunConfig, source: Path | None, output: Path) -> list[float | None] | None:
+    """The zero-shot row of the finished run `source` when it was evaluated with the same settings, its
+    prediction files copied into `output` (the base model's answers do not depend on the method)."""
+    if source is None or not (source / CONFIG_FILE).is_file():
+        return None
+    other = RunConfig.from_dict(read_json(source / CONFIG_FILE, CheckpointError), str(source / CONFIG_FILE))
+    results = read_results(source)
+    if other.evaluation_key() != config.evaluation_key() or not results or results.get("zero_shot") is None:
+        return None
+    for path in (source / "predictions").glob("zero-shot-*.jsonl"):
+        atomic_write_text(output / "predictions" / path.name, path.read_text())
+    return results["zero_shot"]
+
+
+def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Path | None = None) -> dict[str, Any]:
+    """Train and evaluate the stream; with `resume`, continue after the last finished task. `zero_shot_from`:
+    a run directory whose zero-shot row is reused when its evaluation settings match (moses compare)."""
     from accelerate.utils import set_seed
 
     output = Path(config.output)
@@ -112,7 +136,7 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
     tasks = build_stream(config)
     names = [t.name for t in tasks]
     method = _method(config)
-    accelerator = _accelerator(config)
+    accelerator, precision, why = _accelerator(config)
     main = accelerator.is_main_process
     if not main:  # one process speaks for all
         echo = _silent
@@ -123,8 +147,9 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         results = {"method": config.method, "tasks": names, "completed": 0, "zero_shot": None,
                    "R": [], "train_seconds": [], "eval_seconds": [], "train_log": [], "capacity": None,
                    "metrics": None, "trainable_parameters": None}
+    results["precision"] = precision
     set_seed(config.seed)
-    echo(f"[{config.method}] loading {config.model} ...")
+    echo(f"[{config.method}] loading {config.model} (precision {precision}: {why}) ...")
     base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
     completed = results["completed"]
     if completed:
@@ -144,7 +169,7 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         for j in columns:
             with method.inference_context(names[j] if task_given else None):
                 score, records = evaluate_task(model, tokenizer, tasks[j], config.eval_batch_size,
-                                               config.max_prompt_tokens)
+                                               config.max_prompt_tokens, precision)
             row[j] = score
             if main:
                 _write_predictions(output, f"{stage}-{names[j]}", records)
@@ -152,7 +177,12 @@ def run(config: RunConfig, resume: bool = False, echo=print) -> dict[str, Any]:
         return row
 
     if config.zero_shot and results["zero_shot"] is None:
-        results["zero_shot"] = evaluate_row("zero-shot", list(range(len(tasks))), task_given=False)
+        single = accelerator.num_processes == 1  # several processes evaluate together: no sharing
+        results["zero_shot"] = _shared_zero_shot(config, zero_shot_from, output) if single else None
+        if results["zero_shot"] is None:
+            results["zero_shot"] = evaluate_row("zero-shot", list(range(len(tasks))), task_given=False)
+        else:
+            echo(f"[{config.method}] zero-shot row reused from {zero_shot_from}")
         if main:
             _write_results(output, results)
     for i in range(completed, len(tasks)):
@@ -230,16 +260,17 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     if unknown:
         raise ConfigError(f"task(s) {', '.join(unknown)} not trained in this run (trained: {', '.join(trained)})")
     method = _method(config)
-    base, tokenizer = load_model(config.model, device=str(_accelerator(config).device), dtype=config.dtype)
+    accelerator, precision, _ = _accelerator(config)
+    base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
     model = method.load(base, tokenizer, checkpoint_dir(output, completed - 1, stream[completed - 1]))
     scores, records = {}, []
     for name in chosen:
         with method.inference_context(name if mode == "til" else None):
             scores[name], task_records = evaluate_task(model, tokenizer, trained[name], config.eval_batch_size,
-                                                       config.max_prompt_tokens)
+                                                       config.max_prompt_tokens, precision)
         records += task_records
     path = output / f"eval-{mode}.json"
-    summary = {"mode": mode, "after_task": stream[completed - 1].name, "scores": scores,
+    summary = {"mode": mode, "precision": precision, "after_task": stream[completed - 1].name, "scores": scores,
                "mean": sum(scores.values()) / len(scores)}
     confusion = task_id_confusion(method, [trained[n] for n in chosen], list(trained)) if mode == "tail" else None
     if confusion:

@@ -1,0 +1,54 @@
+"""Bootstrap intervals of OP (mean over tasks of each task's mean per-example score).
+
+Every task metric here is the mean of a per-example score, so OP on a resample is the mean over tasks of
+the mean over that task's resampled examples. Test examples are resampled within each task; a paired
+difference uses the same resampled indices for both methods (they were scored on the same test examples),
+so the noise of which examples were drawn cancels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+TaskScores = Sequence[Sequence[float]]  # [task][example] scores (0-100) of one method after the last task
+
+
+def _resampled_indices(sizes: list[int], resamples: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, n, size=(resamples, n)) for n in sizes]
+
+
+def _op_samples(scores: TaskScores, indices: list[np.ndarray]) -> np.ndarray:
+    per_task = [np.asarray(task, dtype=float)[idx].mean(axis=1) for task, idx in zip(scores, indices, strict=True)]
+    return np.mean(per_task, axis=0)
+
+
+def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+    low, high = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def _sizes(scores: TaskScores) -> list[int]:
+    sizes = [len(task) for task in scores]
+    if not sizes or min(sizes) == 0:
+        raise ValueError(f"every task needs at least one scored example, got sizes {sizes}")
+    return sizes
+
+
+def op_interval(scores: TaskScores, resamples: int = 1000, seed: int = 0,
+                level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of OP."""
+    sizes = _sizes(scores)
+    return _interval(_op_samples(scores, _resampled_indices(sizes, resamples, seed)), level)
+
+
+def paired_difference_interval(scores: TaskScores, reference: TaskScores, resamples: int = 1000, seed: int = 0,
+                               level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of OP(scores) - OP(reference) on the same resampled examples."""
+    sizes = _sizes(scores)
+    if _sizes(reference) != sizes:
+        raise ValueError(f"paired scores need the same test examples: {sizes} vs {_sizes(reference)}")
+    indices = _resampled_indices(sizes, resamples, seed)
+    return _interval(_op_samples(scores, indices) - _op_samples(reference, indices), level)

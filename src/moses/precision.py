@@ -1,0 +1,65 @@
+"""Mixed precision: which one a run uses, and the autocast context for its forwards.
+
+`precision` is "fp32", "bf16" or "auto". bf16 is autocast (`torch.autocast(device, dtype=torch.bfloat16)`),
+as accelerate's `mixed_precision="bf16"` does: matmuls run in bf16, while the master weights (the adapter's
+parameters, the mask scores) and the optimizer state stay fp32. "auto" picks bf16 where the hardware runs it
+natively (a CPU with AVX512-BF16 or AMX, a GPU that reports bf16 support) and fp32 otherwise; on a CPU
+without them bf16 is emulated and slower than fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from moses.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The CPU's native bf16 instruction sets among AVX512-BF16 and AMX-BF16 (empty where unknown)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:  # not Linux, or no /proc: assume no native bf16
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return [f for f in _CPU_BF16_FLAGS if f in flags]
+
+
+def resolve_precision(precision: str, device_type: str) -> tuple[str, str]:
+    """("fp32" or "bf16", why): the precision a run on `device_type` ("cpu", "cuda", ...) uses."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r}: must be one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision, "asked for"
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # set by `accelerate launch --mixed_precision`
+    if launched in ("no", "bf16"):
+        return ("bf16" if launched == "bf16" else "fp32"), f"accelerate launch --mixed_precision {launched}"
+    if device_type == "cuda":
+        supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return ("bf16", "the GPU supports bf16") if supported else ("fp32", "the GPU has no bf16")
+    if device_type == "cpu":
+        flags = cpu_bf16_flags()
+        return ("bf16", f"the CPU has {', '.join(flags)}") if flags else ("fp32", "the CPU has no native bf16")
+    return "fp32", f"no bf16 check for device {device_type!r}"
+
+
+def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """The context a forward or `generate` runs in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def accelerate_mixed_precision(precision: str) -> str:
+    """accelerate's name for it."""
+    return "bf16" if precision == "bf16" else "no"

@@ -1,0 +1,80 @@
+"""Mixed precision: which one `auto` picks, and the adapter's invariants under bf16 autocast."""
+
+import pytest
+import torch
+
+from moses import MoSEsConfig, get_moses_model
+from moses.errors import ConfigError
+from moses.precision import autocast, cpu_bf16_flags, resolve_precision
+
+from conftest import build, random_batch
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu vme sse2 avx2 avx512f {extra} avx512vl
+bogomips\t: 4792.81
+"""
+
+
+def test_cpu_bf16_flags_from_cpuinfo(tmp_path):
+    with_bf16, without = tmp_path / "with", tmp_path / "without"
+    with_bf16.write_text(CPUINFO.format(extra="avx512_bf16 amx_bf16"))
+    without.write_text(CPUINFO.format(extra="avx512bw"))
+    assert cpu_bf16_flags(with_bf16) == ["avx512_bf16", "amx_bf16"]
+    assert cpu_bf16_flags(without) == []
+    assert cpu_bf16_flags(tmp_path / "missing") == []
+
+
+def test_resolve_precision(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert resolve_precision("fp32", "cpu")[0] == "fp32"
+    assert resolve_precision("bf16", "cpu")[0] == "bf16"
+    monkeypatch.setattr("moses.precision.cpu_bf16_flags", lambda: ["avx512_bf16"])
+    assert resolve_precision("auto", "cpu") == ("bf16", "the CPU has avx512_bf16")
+    monkeypatch.setattr("moses.precision.cpu_bf16_flags", lambda: [])
+    assert resolve_precision("auto", "cpu")[0] == "fp32"
+    assert resolve_precision("auto", "mps")[0] == "fp32"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # `accelerate launch --mixed_precision bf16`
+    assert resolve_precision("auto", "cpu")[0] == "bf16" and resolve_precision("fp32", "cpu")[0] == "fp32"
+    with pytest.raises(ConfigError, match="precision='fp16'"):
+        resolve_precision("fp16", "cpu")
+
+
+def probe_logits(model, task):
+    model.set_task(task)
+    with torch.no_grad(), autocast("bf16", "cpu"):
+        return model(input_ids=random_batch(seed=5, batch=2, length=8)["input_ids"]).logits
+
+
+def train_under_autocast(model, name, seed, steps=4):
+    model.add_task(name)
+    model.train()
+    optimizer = torch.optim.AdamW(model.optimizer_param_groups(5e-2))
+    batch = random_batch(100 + seed)
+    for _ in range(steps):
+        with autocast("bf16", "cpu"):
+            loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.end_task()
+
+
+def test_bf16_training_keeps_fp32_masters_and_the_invariants():
+    model = get_moses_model(build("llama"), MoSEsConfig(num_subexperts=4, top_k=2, rank=2, task_density=0.3))
+    train_under_autocast(model, "t1", seed=0)
+    ended = probe_logits(model, "t1")
+    assert ended.dtype == torch.bfloat16  # autocast did run the forward in bf16
+    pool = {n: (la.lora_A.detach().clone(), la.lora_B.detach().clone(), la.frozen_A.clone(), la.frozen_B.clone())
+            for n, la in model.moses_layers()}
+    train_under_autocast(model, "t2", seed=1)
+    assert torch.equal(probe_logits(model, "t1"), ended)  # TIL output of the ended task: bit-identical
+    moved = 0
+    for name, layer in model.moses_layers():
+        a, b, frozen_a, frozen_b = pool[name]
+        for param in (layer.lora_A, layer.lora_B, layer.scores_A, layer.scores_B, layer.routers[1]):
+            assert param.dtype == torch.float32  # master weights stay fp32
+        assert torch.equal(layer.lora_A[frozen_a], a[frozen_a]) and torch.equal(layer.lora_B[frozen_b], b[frozen_b])
+        moved += int((layer.lora_A != a).sum() + (layer.lora_B != b).sum())
+    assert moved > 0  # the second task did train free entries
