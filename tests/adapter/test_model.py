@@ -281,3 +281,14 @@ def test_subexpert_feature_routers_are_small_and_keep_old_tasks(tmp_path):
         assert layer.routers[0].shape == (4, 4 * 2)  # N x N*r, not N x d_in
     model.save_pretrained(tmp_path)
     assert torch.equal(logits(MoSEsModel.from_pretrained(build("qwen2"), tmp_path), "a"), first)
+
+
+def test_how_far_masks_move_is_measured():
+    still = get_moses_model(build("llama"), small_config())
+    moving = get_moses_model(build("llama"), small_config(score_lr_scale=100.0))
+    for t, name in enumerate(["t1", "t2"]):
+        train_task(still, name, steps=3, lr=1e-9, seed=t)
+        train_task(moving, name, steps=3, seed=t)
+    assert [t["mask_moved"] for t in still.capacity()["tasks"]] == [0.0, 0.0]  # no learning: masks stay
+    moved = [t["mask_moved"] for t in moving.capacity()["tasks"]]
+    assert all(0.0 < m <= 1.0 for m in moved)

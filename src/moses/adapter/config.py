@@ -39,6 +39,11 @@ class MoSEsConfig:
     `score_lr_scale` multiplies the learning rate of the scores, and `free_share` is the share of a new
     task's starting mask taken from entries no earlier task owns (persistent scores only): the remedies of
     the spec's plasticity pitfall.
+    `ownership="entries"` is the spec's reading R1 (a learned top-c entry mask per task over the shared pool);
+    `ownership="subexperts"` is reading R2, "dedicated subexperts": task t owns `new_subexperts` fresh
+    subexperts (always on, trainable, B = 0 so the task starts at delta 0) and borrows from the earlier
+    tasks' frozen subexperts through its router (top-k among them) times a learned transfer gate that starts
+    at 0. `router_init="previous"` starts a new task's router as a copy of the previous task's.
     """
 
     num_subexperts: int = 8
@@ -55,6 +60,9 @@ class MoSEsConfig:
     scores: str = "persistent"
     score_lr_scale: float = 1.0
     free_share: float = 0.5
+    ownership: str = "entries"
+    new_subexperts: int = 1
+    router_init: str = "random"
 
     def __post_init__(self) -> None:
         if self.alpha is None:
@@ -99,6 +107,15 @@ class MoSEsConfig:
             raise bad("free_share", "must be in [0, 1]")
         if not isinstance(self.score_lr_scale, (int, float)) or self.score_lr_scale <= 0:
             raise bad("score_lr_scale", "must be > 0")
+        if self.ownership not in ("entries", "subexperts"):
+            raise bad("ownership", "must be 'entries' or 'subexperts'")
+        if (not isinstance(self.new_subexperts, int) or isinstance(self.new_subexperts, bool)
+                or not 1 <= self.new_subexperts <= self.num_subexperts):
+            raise bad("new_subexperts", f"must be an integer from 1 to num_subexperts ({self.num_subexperts})")
+        if self.router_init not in ("random", "previous"):
+            raise bad("router_init", "must be 'random' or 'previous'")
+        if self.ownership == "subexperts" and self.load_balance_coef > 0:
+            raise bad("load_balance_coef", "must be 0 with ownership='subexperts' (own subexperts are always on)")
 
     @property
     def scaling(self) -> float:

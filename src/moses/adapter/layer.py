@@ -62,6 +62,9 @@ class MoSEsLayer(nn.Module):
         # a token router on x is stacked under A_t, so one matmul yields subexpert inputs and router logits
         self.fuses_router = config.routing == "token" and self.router_inputs is None
         self.load_balance_coef = config.load_balance_coef
+        self.dedicated = config.ownership == "subexperts"  # reading R2: each task owns whole subexperts
+        self.new_subexperts = config.new_subexperts
+        self.router_init = config.router_init
         self.context = context if context is not None else TaskContext()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
@@ -73,13 +76,18 @@ class MoSEsLayer(nn.Module):
         self.scores_A = nn.Parameter(torch.empty(n, r, d_in, **factory))
         self.scores_B = nn.Parameter(torch.empty(n, d_out, r, **factory))
         self.routers = nn.ParameterList()
+        self.transfer_gates = nn.ParameterList()  # R2: one scalar per task, how much it borrows (starts at 0)
         # M_{t-1}: entries owned by ended tasks; read by later tasks, never written (E5).
         self.register_buffer("frozen_A", torch.zeros(n, r, d_in, dtype=torch.bool, device=weight.device))
         self.register_buffer("frozen_B", torch.zeros(n, d_out, r, dtype=torch.bool, device=weight.device))
         self.num_stored_masks = 0
+        self.start_masks: tuple[torch.Tensor, torch.Tensor] | None = None  # R1: the training task's first mask
         self.aux_loss: torch.Tensor | None = None
         self._inference_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
         self.reset_parameters()
+        if self.dedicated:  # R2 masks follow ownership, not scores
+            self.scores_A.requires_grad_(False)
+            self.scores_B.requires_grad_(False)
 
     # ---- initialisation (explicit, seeded by the caller's torch generator) ----
     def reset_parameters(self) -> None:
@@ -117,13 +125,22 @@ class MoSEsLayer(nn.Module):
         """E3: a new task's router, W_r in R^{N x d_in} ("token"; N x N*r when routing on subexpert features)
         or one gate-logit vector ("task")."""
         device = self.lora_A.device
-        if self.routing == "token":
+        task = len(self.routers)
+        if self.dedicated and (task + 1) * self.new_subexperts > self.num_subexperts:
+            raise TaskError(f"no free subexperts for task {task + 1}: num_subexperts={self.num_subexperts} holds "
+                            f"{self.num_subexperts // self.new_subexperts} tasks of new_subexperts="
+                            f"{self.new_subexperts}")
+        if self.router_init == "previous" and task > 0:
+            router = self.routers[-1].detach().clone()
+        elif self.routing == "token":
             fan_in = self.router_inputs or self.in_features
             bound = 1 / math.sqrt(fan_in)
             router = torch.empty(self.num_subexperts, fan_in, device=device).uniform_(-bound, bound)
         else:
             router = torch.randn(self.num_subexperts, device=device) * 0.02
         self.routers.append(nn.Parameter(router))
+        if self.dedicated:
+            self.transfer_gates.append(nn.Parameter(torch.zeros((), device=device)))
 
     # ---- task bookkeeping ----
     def task_mask(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,21 +157,42 @@ class MoSEsLayer(nn.Module):
         self.frozen_B |= getattr(self, f"mask_B_{task}")
         self.num_stored_masks += 1
         self.routers[task].requires_grad_(False)
+        if self.dedicated:
+            self.transfer_gates[task].requires_grad_(False)
 
-    def end_task(self, task: int) -> None:
+    def start_task(self) -> None:
+        """Remember the training task's starting mask (R1), to measure how far learning moves it."""
+        self.start_masks = None if self.dedicated else self.score_masks()
+
+    def end_task(self, task: int) -> tuple[int, int]:
+        """Store the task's masks; returns (entries of its final mask, of those also in its starting mask)."""
         with torch.no_grad():
-            self.store_task_mask(task, *self.score_masks())
+            masks = self.dedicated_masks(task) if self.dedicated else self.score_masks()
+            kept = (sum(int((m & s).sum()) for m, s in zip(masks, self.start_masks, strict=True))
+                    if self.start_masks is not None else sum(int(m.sum()) for m in masks))
+            self.store_task_mask(task, *masks)
+            self.start_masks = None
+        return sum(int(m.sum()) for m in masks), kept
 
     def score_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (top_c_mask(self.scores_A, self.density, self.per_subexpert),
                 top_c_mask(self.scores_B, self.density, self.per_subexpert))
+
+    def dedicated_masks(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """R2: task `task` reads every subexpert owned by it or an earlier task (indices below
+        (task + 1) * new_subexperts), each whole."""
+        usable = torch.arange(self.num_subexperts, device=self.lora_A.device) < (task + 1) * self.new_subexperts
+        return (usable[:, None, None].expand_as(self.lora_A).clone(),
+                usable[:, None, None].expand_as(self.lora_B).clone())
 
     # ---- the math ----
     def task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A_t, B_t. Entries in M are detached, so their gradient is exactly zero (E5)."""
         live_a = torch.where(self.frozen_A, self.lora_A.detach(), self.lora_A)
         live_b = torch.where(self.frozen_B, self.lora_B.detach(), self.lora_B)
-        if task == self.context.training:
+        if task == self.context.training and self.dedicated:
+            mask_a, mask_b = self.dedicated_masks(task)
+        elif task == self.context.training:
             mask_a = straight_through_mask(self.scores_A, self.density, self.per_subexpert)
             mask_b = straight_through_mask(self.scores_B, self.density, self.per_subexpert)
         elif task < self.num_stored_masks:
@@ -188,11 +226,27 @@ class MoSEsLayer(nn.Module):
         if logits is None:
             router = self.routers[task]
             logits = F.linear(x, router) if self.routing == "token" else router
+        if self.dedicated:
+            return self.dedicated_gates(logits, task)
         top = logits.topk(self.top_k, dim=-1)
         gates = torch.zeros_like(logits).scatter(-1, top.indices, top.values.softmax(dim=-1))
         if self.routing == "token" and self.load_balance_coef > 0 and torch.is_grad_enabled():
             self.aux_loss = self.load_balance_loss(logits, top.indices)
         return gates
+
+    def dedicated_gates(self, logits: torch.Tensor, task: int) -> torch.Tensor:
+        """R2 gates: 1 on the task's own subexperts; on the earlier tasks' subexperts, the softmax over the
+        top-k router logits among them times the task's transfer gate (0 at the start: delta starts at 0)."""
+        n = self.new_subexperts
+        old = task * n
+        own = logits.new_ones(*logits.shape[:-1], n)
+        free = logits.new_zeros(*logits.shape[:-1], self.num_subexperts - old - n)
+        if old == 0:
+            return torch.cat([own, free], dim=-1)
+        top = logits[..., :old].topk(min(self.top_k, old), dim=-1)
+        chosen = top.values.softmax(dim=-1) * self.transfer_gates[task].to(logits.dtype)
+        borrowed = torch.zeros_like(logits[..., :old]).scatter(-1, top.indices, chosen)
+        return torch.cat([borrowed, own, free], dim=-1)
 
     def load_balance_loss(self, logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         """E6, Switch form: lambda * N * sum_i f_i P_i, f_i the share of routing slots, P_i the mean prob."""

@@ -62,6 +62,7 @@ class MoSEsModel(nn.Module):
         self.context = TaskContext()
         self._task_names: list[str] = []
         self._ended = 0  # tasks 0.._ended-1 are ended (frozen)
+        self.mask_moved: list[float | None] = []  # per ended task: share of its final mask not in its first
         targets = resolve_targets(model, config)
         for param in model.parameters():
             param.requires_grad_(False)
@@ -131,12 +132,18 @@ class MoSEsModel(nn.Module):
         if self.context.training is not None:
             raise TaskError(f"task {self.training_task!r} is still being trained: call end_task() first")
         config = self.moses_config
+        needed = (len(self._task_names) + 1) * config.new_subexperts
+        if config.ownership == "subexperts" and needed > config.num_subexperts:
+            raise TaskError(f"no free subexperts for task {name!r}: num_subexperts={config.num_subexperts} holds "
+                            f"{config.num_subexperts // config.new_subexperts} tasks of new_subexperts="
+                            f"{config.new_subexperts}")
         for _, layer in self.moses_layers():
             layer.add_router()
-            if self._task_names and config.scores == "fresh":
+            if self._task_names and config.ownership == "entries" and config.scores == "fresh":
                 layer.reset_scores()
-            elif self._task_names and config.free_share > 0:
+            elif self._task_names and config.ownership == "entries" and config.free_share > 0:
                 layer.reserve_free_entries(config.free_share)
+            layer.start_task()
         self._task_names.append(name)
         index = len(self._task_names) - 1
         self.context.training = self.context.active = index
@@ -147,8 +154,9 @@ class MoSEsModel(nn.Module):
         task = self.context.training
         if task is None:
             raise TaskError("end_task() called with no task being trained: call add_task(name) first")
-        for _, layer in self.moses_layers():
-            layer.end_task(task)
+        sizes = [layer.end_task(task) for _, layer in self.moses_layers()]
+        total, kept = sum(size for size, _ in sizes), sum(k for _, k in sizes)
+        self.mask_moved = self.mask_moved[:task] + [1 - kept / total if total else 0.0]
         if task in self.prototypes.pending:  # the prompts observed during the task train its TaIL key
             self.prototypes.fit_key(task)
         self.zero_grad(set_to_none=True)  # stale gradients would move frozen entries in a reused optimizer
@@ -271,8 +279,9 @@ class MoSEsModel(nn.Module):
              "weight_decay": 0.0},
             {"name": "scores", "params": [p for la in layers for p in (la.scores_A, la.scores_B)],
              "lr": lr * self.moses_config.score_lr_scale, "weight_decay": 0.0},
-            {"name": "router", "params": [la.routers[task] for la in layers], "lr": lr,
-             "weight_decay": router_weight_decay},
+            {"name": "router", "params": [la.routers[task] for la in layers]
+                                         + [la.transfer_gates[task] for la in layers if la.dedicated],
+             "lr": lr, "weight_decay": router_weight_decay},
         ]
 
     def trainable_parameter_counts(self) -> tuple[int, int]:
@@ -308,9 +317,14 @@ class MoSEsModel(nn.Module):
             reuse.append(row)
             active = sum(row)
             per_task.append({"name": self._task_names[t], "active_entries": active, "owned_entries": row[t],
-                             "reused_entries": active - row[t]})
+                             "reused_entries": active - row[t],
+                             "mask_moved": self.mask_moved[t] if t < len(self.mask_moved) else None})
+            if self.moses_config.ownership == "subexperts":  # how much the task borrows (R2)
+                gates = [abs(la.transfer_gates[t].item()) for la in layers]
+                per_task[-1]["transfer_gate_mean_abs"] = sum(gates) / len(gates)
         used = sum(int(la.frozen_A.sum() + la.frozen_B.sum()) for la in layers)
-        router_bytes = sum(la.routers[t].numel() * la.routers[t].element_size() for la in layers for t in range(ended))
+        router_bytes = sum(p.numel() * p.element_size() for la in layers
+                           for p in [*la.routers[:ended], *la.transfer_gates[:ended]])
         masks_raw = sum(p.numel() for p in packed)
         masks_compressed = compressed_size(packed)
         lora_rank = self.moses_config.top_k * self.moses_config.rank
@@ -361,6 +375,8 @@ class MoSEsModel(nn.Module):
                 state[f"{name}.{key}"] = getattr(la, key).detach()
             for t, router in enumerate(la.routers):
                 state[f"{name}.router.{t}"] = router.detach()
+            for t, gate in enumerate(la.transfer_gates):
+                state[f"{name}.transfer_gate.{t}"] = gate.detach()
             for t in range(la.num_stored_masks):
                 mask_a, mask_b = la.task_mask(t)
                 state[f"{name}.mask_A.{t}"] = pack_bits(mask_a)
@@ -381,7 +397,7 @@ class MoSEsModel(nn.Module):
         self.moses_config.save(directory, {"base_model_name_or_path": base_name,
                                            "resolved_target_modules": self.resolved_targets})
         tasks = {"tasks": self._task_names, "ended": self._ended, "training": self.training_task,
-                 "active": self.active_task}
+                 "active": self.active_task, "mask_moved": self.mask_moved}
         atomic_write_text(directory / TASKS_NAME, json.dumps(tasks, indent=2) + "\n")
 
     @classmethod
@@ -412,6 +428,8 @@ class MoSEsModel(nn.Module):
         layers = dict(self.moses_layers())
         expected = {f"{n}.{k}" for n in layers for k in ("lora_A", "lora_B", "scores_A", "scores_B")}
         expected |= {f"{n}.router.{t}" for n in layers for t in range(len(names))}
+        if self.moses_config.ownership == "subexperts":
+            expected |= {f"{n}.transfer_gate.{t}" for n in layers for t in range(len(names))}
         expected |= {f"{n}.mask_{w}.{t}" for n in layers for w in "AB" for t in range(ended)}
         optional = {"task_prototypes.sums", "task_prototypes.counts", "task_prototypes.keys"}
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected - optional)
@@ -425,6 +443,9 @@ class MoSEsModel(nn.Module):
                 for t in range(len(names)):
                     la.add_router()
                     _copy_checked(la.routers[t], state[f"{name}.router.{t}"], f"{source}: {name}.router.{t}")
+                    if la.dedicated:
+                        key = f"{name}.transfer_gate.{t}"
+                        _copy_checked(la.transfer_gates[t], state[key], f"{source}: {key}")
                 for t in range(ended):
                     try:
                         masks = [unpack_bits(state[f"{name}.mask_{w}.{t}"], getattr(la, f"lora_{w}").shape)
@@ -446,6 +467,8 @@ class MoSEsModel(nn.Module):
             self.prototypes.keys = keys.to(self.prototypes.keys)
         self._task_names = list(names)
         self._ended = ended
+        moved = tasks.get("mask_moved")
+        self.mask_moved = list(moved) if isinstance(moved, list) else [None] * ended
         self.context.training = None if training is None else self.task_index(training)
         active = tasks.get("active")
         self.context.active = None if active is None else self.task_index(active)

@@ -1,0 +1,101 @@
+"""Reading R2, "dedicated subexperts": each task owns whole new subexperts, borrows old ones through its
+router and a transfer gate; the spec's invariants hold, and a new task starts at delta 0."""
+
+import pytest
+import torch
+
+from moses import MoSEsConfig, MoSEsModel, get_moses_model
+from moses.errors import ConfigError, TaskError
+
+from conftest import build, random_batch, train_task
+
+PROBE = random_batch(seed=321, batch=2, length=8)
+
+
+def dedicated_config(**overrides) -> MoSEsConfig:
+    return MoSEsConfig(**{"num_subexperts": 6, "top_k": 2, "rank": 2, "ownership": "subexperts",
+                          "new_subexperts": 2, **overrides})
+
+
+def train_steps(model, seed: int, steps: int = 5) -> list[float]:
+    model.train()
+    optimizer = torch.optim.AdamW(model.optimizer_param_groups(5e-2))
+    batch, losses = random_batch(1000 + seed), []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    model.end_task()
+    return losses
+
+
+def probe(model, task=None):
+    if task is not None:
+        model.set_task(task)
+    with torch.no_grad():
+        return model(input_ids=PROBE["input_ids"]).logits
+
+
+@pytest.mark.parametrize("router_input", ["hidden", "subexperts"])
+def test_dedicated_subexperts_keep_old_tasks_and_start_at_zero(arch, router_input):
+    base = build(arch)
+    with torch.no_grad():
+        base_logits = base(input_ids=PROBE["input_ids"]).logits
+    model = get_moses_model(base, dedicated_config(router_input=router_input))
+    recorded, pools = {}, []
+    for t, name in enumerate(["t1", "t2", "t3"]):
+        model.add_task(name)
+        assert torch.equal(probe(model), base_logits)  # own B = 0 and transfer gate 0: every task starts at 0
+        losses = train_steps(model, seed=t)
+        assert losses[-1] < losses[0]
+        recorded[name] = probe(model, name)
+        pools.append({n: (la.lora_A.detach().clone(), la.lora_B.detach().clone()) for n, la in model.moses_layers()})
+    for name, logits in recorded.items():
+        assert torch.equal(probe(model, name), logits)  # invariant 1
+    for n, la in model.moses_layers():
+        owned = torch.arange(6) < 4  # tasks t1, t2 own subexperts 0-3: untouched by t3 (invariant 2)
+        assert torch.equal(la.lora_A[owned], pools[1][n][0][owned])
+        assert torch.equal(la.lora_B[owned], pools[1][n][1][owned])
+        assert la.transfer_gates[1].item() != 0.0 and la.transfer_gates[0].item() == 0.0  # t1 has none to borrow
+    capacity = model.capacity()
+    assert capacity["used_fraction"] == 1.0
+    assert [t["owned_entries"] for t in capacity["tasks"]] == [capacity["pool_entries"] // 3] * 3
+    with pytest.raises(TaskError, match="no free subexperts"):
+        model.add_task("t4")
+    assert model.tasks == ["t1", "t2", "t3"]
+
+
+def test_dedicated_gates_borrow_top_k_of_the_old_subexperts():
+    model = get_moses_model(build("llama"), dedicated_config())
+    for name in ("a", "b"):
+        train_task(model, name, steps=2)
+    model.add_task("c")
+    layer = next(la for _, la in model.moses_layers())
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.5, 9.0, 9.0]])
+    gates = layer.dedicated_gates(logits, task=2)  # task 2 owns 4, 5 and may borrow from 0-3
+    gate = layer.transfer_gates[2]
+    assert torch.equal(gates[0, 4:], torch.ones(2))
+    expected = torch.tensor([0.5, 2.0]).softmax(0) * gate
+    assert torch.allclose(gates[0, [3, 2]], expected) and gates[0, 0] == 0 and gates[0, 1] == 0
+
+
+def test_dedicated_round_trip_and_errors(tmp_path):
+    model = get_moses_model(build("qwen2"), dedicated_config(router_init="previous"))
+    train_task(model, "a", steps=3)
+    model.add_task("b")
+    first = next(la for _, la in model.moses_layers())
+    assert torch.equal(first.routers[1], first.routers[0])  # router_init="previous"
+    model.end_task()
+    model.save_pretrained(tmp_path)
+    loaded = MoSEsModel.from_pretrained(build("qwen2"), tmp_path)
+    for task in ("a", "b"):
+        assert torch.equal(probe(loaded, task), probe(model, task))
+    with pytest.raises(ConfigError, match="new_subexperts"):
+        MoSEsConfig(num_subexperts=4, new_subexperts=5)
+    with pytest.raises(ConfigError, match="ownership"):
+        MoSEsConfig(ownership="tasks")
+    with pytest.raises(ConfigError, match="router_init"):
+        MoSEsConfig(router_init="mean")
