@@ -14,7 +14,8 @@ PROBE = random_batch(seed=321, batch=2, length=8)
 
 def dedicated_config(**overrides) -> MoSEsConfig:
     return MoSEsConfig(**{"num_subexperts": 6, "top_k": 2, "rank": 2, "ownership": "subexperts",
-                          "new_subexperts": 2, **overrides})
+                          "new_subexperts": 2, "transfer_lr_scale": 1.0,
+                          **overrides})
 
 
 def train_steps(model, seed: int, steps: int = 5) -> list[float]:
@@ -83,11 +84,13 @@ def test_dedicated_gates_borrow_top_k_of_the_old_subexperts():
 
 
 def test_dedicated_round_trip_and_errors(tmp_path):
-    model = get_moses_model(build("qwen2"), dedicated_config(router_init="previous"))
+    model = get_moses_model(build("qwen2"), dedicated_config(router_init="previous", transfer_lr_scale=10.0))
     train_task(model, "a", steps=3)
     model.add_task("b")
     first = next(la for _, la in model.moses_layers())
     assert torch.equal(first.routers[1], first.routers[0])  # router_init="previous"
+    transfer = next(g for g in model.optimizer_param_groups(1e-3) if g["name"] == "transfer")
+    assert transfer["lr"] == pytest.approx(1e-2) and transfer["params"][0] is first.transfer_gates[1]
     model.end_task()
     model.save_pretrained(tmp_path)
     loaded = MoSEsModel.from_pretrained(build("qwen2"), tmp_path)

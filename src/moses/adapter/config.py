@@ -43,7 +43,9 @@ class MoSEsConfig:
     `ownership="subexperts"` is reading R2, "dedicated subexperts": task t owns `new_subexperts` fresh
     subexperts (always on, trainable, B = 0 so the task starts at delta 0) and borrows from the earlier
     tasks' frozen subexperts through its router (top-k among them) times a learned transfer gate that starts
-    at 0. `router_init="previous"` starts a new task's router as a copy of the previous task's.
+    at 0; the gate learns at lr * `transfer_lr_scale`, since Adam moves a parameter by about lr per step and
+    the gate must be able to reach O(1) in a few dozen steps. `router_init="previous"` starts a new task's
+    router as a copy of the previous task's.
     """
 
     num_subexperts: int = 8
@@ -63,6 +65,7 @@ class MoSEsConfig:
     ownership: str = "entries"
     new_subexperts: int = 1
     router_init: str = "random"
+    transfer_lr_scale: float = 10.0
 
     def __post_init__(self) -> None:
         if self.alpha is None:
@@ -112,6 +115,8 @@ class MoSEsConfig:
         if (not isinstance(self.new_subexperts, int) or isinstance(self.new_subexperts, bool)
                 or not 1 <= self.new_subexperts <= self.num_subexperts):
             raise bad("new_subexperts", f"must be an integer from 1 to num_subexperts ({self.num_subexperts})")
+        if not isinstance(self.transfer_lr_scale, (int, float)) or self.transfer_lr_scale <= 0:
+            raise bad("transfer_lr_scale", "must be > 0")
         if self.router_init not in ("random", "previous"):
             raise bad("router_init", "must be 'random' or 'previous'")
         if self.ownership == "subexperts" and self.load_balance_coef > 0:

@@ -269,20 +269,24 @@ class MoSEsModel(nn.Module):
     # ---- training ----
     def optimizer_param_groups(self, lr: float, router_weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """Param groups for a fresh optimizer of the training task. The pool and scores get weight decay 0:
-        decay would move frozen entries (E5). Scores train at lr * score_lr_scale."""
+        decay would move frozen entries (E5). Scores train at lr * score_lr_scale, R2's transfer gates at
+        lr * transfer_lr_scale."""
         task = self.context.training
         if task is None:
             raise TaskError("no task is being trained: call add_task(name) before building the optimizer")
         layers = [layer for _, layer in self.moses_layers()]
-        return [
+        groups = [
             {"name": "pool", "params": [p for la in layers for p in (la.lora_A, la.lora_B)], "lr": lr,
              "weight_decay": 0.0},
             {"name": "scores", "params": [p for la in layers for p in (la.scores_A, la.scores_B)],
              "lr": lr * self.moses_config.score_lr_scale, "weight_decay": 0.0},
-            {"name": "router", "params": [la.routers[task] for la in layers]
-                                         + [la.transfer_gates[task] for la in layers if la.dedicated],
-             "lr": lr, "weight_decay": router_weight_decay},
+            {"name": "router", "params": [la.routers[task] for la in layers], "lr": lr,
+             "weight_decay": router_weight_decay},
         ]
+        if self.moses_config.ownership == "subexperts":
+            groups.append({"name": "transfer", "params": [la.transfer_gates[task] for la in layers],
+                           "lr": lr * self.moses_config.transfer_lr_scale, "weight_decay": 0.0})
+        return groups
 
     def trainable_parameter_counts(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -4,6 +4,7 @@ resumable run; one table with OP's bootstrap interval and the paired interval ag
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from moses.runner.config import RunConfig
 from moses.runner.run import read_results, run
 
 COLUMNS = ("method", "OP", "OP 95% CI", "vs reference (95% CI)", "BWT", "FWT", "forgetting",
-           "trainable_parameters", "stored_bytes", "train_seconds", "total_seconds")
+           "trainable_parameters", "stored_bytes", "owned entries per task", "median_step_seconds", "train_seconds",
+           "total_seconds")
 RESAMPLES, SEED = 1000, 0
 
 
@@ -25,9 +27,12 @@ def comparison_row(method: str, results: dict[str, Any]) -> dict[str, Any]:
     capacity = results.get("capacity") or {}
     stored = capacity.get("stored_bytes", capacity.get("stored_bytes_raw"))
     train = sum(results.get("train_seconds", []))
+    steps = [row["seconds"] for row in results.get("train_log", [])]
+    owned = [t["owned_entries"] for t in capacity.get("tasks", [])] or None
     return {"method": method, "OP": metrics.get("OP"), "BWT": metrics.get("BWT"), "FWT": metrics.get("FWT"),
             "forgetting": metrics.get("forgetting"), "trainable_parameters": results.get("trainable_parameters"),
-            "stored_bytes": stored, "train_seconds": train,
+            "stored_bytes": stored, "owned_entries": owned,
+            "median_step_seconds": statistics.median(steps) if steps else None, "train_seconds": train,
             "total_seconds": train + sum(results.get("eval_seconds", [])), "precision": results.get("precision")}
 
 
@@ -87,6 +92,8 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
         cells = {c: cell(row.get(c)) for c in COLUMNS}
         cells["OP 95% CI"] = interval(row.get("OP_ci"))
         cells["vs reference (95% CI)"] = versus(row)
+        owned = row.get("owned_entries")
+        cells["owned entries per task"] = " ".join(f"{n / 1e6:.2f}M" for n in owned) if owned else "-"
         lines.append("| " + " | ".join(cells[c] for c in COLUMNS) + " |")
     return "\n".join(lines)
 
