@@ -102,3 +102,16 @@ def test_dedicated_round_trip_and_errors(tmp_path):
         MoSEsConfig(ownership="tasks")
     with pytest.raises(ConfigError, match="router_init"):
         MoSEsConfig(router_init="mean")
+
+
+def test_own_init_previous_starts_from_the_previous_task():
+    model = get_moses_model(build("llama"), dedicated_config(own_init="previous"))
+    model.add_task("a")
+    train_steps(model, seed=0)
+    ended = probe(model, "a")
+    model.add_task("b")
+    assert torch.equal(probe(model), ended)  # b starts as a (its copies on, a's own borrowed with gate 0)
+    train_steps(model, seed=1)
+    assert torch.equal(probe(model, "a"), ended) and not torch.equal(probe(model, "b"), ended)
+    with pytest.raises(ConfigError, match="own_init"):
+        MoSEsConfig(own_init="mean")

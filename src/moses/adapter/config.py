@@ -45,7 +45,9 @@ class MoSEsConfig:
     tasks' frozen subexperts through its router (top-k among them) times a learned transfer gate that starts
     at 0; the gate learns at lr * `transfer_lr_scale`, since Adam moves a parameter by about lr per step and
     the gate must be able to reach O(1) in a few dozen steps. `router_init="previous"` starts a new task's
-    router as a copy of the previous task's.
+    router as a copy of the previous task's. `own_init="previous"` (R2) starts a task's own subexperts as
+    copies of the previous task's own ones instead of fresh (B = 0): a warm start, as sequential fine-tuning
+    has, without touching the originals.
     """
 
     num_subexperts: int = 8
@@ -66,6 +68,7 @@ class MoSEsConfig:
     new_subexperts: int = 1
     router_init: str = "random"
     transfer_lr_scale: float = 10.0
+    own_init: str = "fresh"
 
     def __post_init__(self) -> None:
         if self.alpha is None:
@@ -117,6 +120,8 @@ class MoSEsConfig:
             raise bad("new_subexperts", f"must be an integer from 1 to num_subexperts ({self.num_subexperts})")
         if not isinstance(self.transfer_lr_scale, (int, float)) or self.transfer_lr_scale <= 0:
             raise bad("transfer_lr_scale", "must be > 0")
+        if self.own_init not in ("fresh", "previous"):
+            raise bad("own_init", "must be 'fresh' or 'previous'")
         if self.router_init not in ("random", "previous"):
             raise bad("router_init", "must be 'random' or 'previous'")
         if self.ownership == "subexperts" and self.load_balance_coef > 0:

@@ -142,6 +142,16 @@ class MoSEsLayer(nn.Module):
         if self.dedicated:
             self.transfer_gates.append(nn.Parameter(torch.zeros((), device=device)))
 
+    def copy_previous_subexperts(self, task: int) -> None:
+        """R2 with own_init="previous": task `task` starts its own subexperts as copies of the previous task's,
+        so it starts from what the previous task learned (as sequential fine-tuning does) while both stay
+        isolated: the copies are new, trainable entries and the originals stay frozen."""
+        n = self.new_subexperts
+        with torch.no_grad():
+            own, previous = slice(task * n, (task + 1) * n), slice((task - 1) * n, task * n)
+            self.lora_A[own] = self.lora_A[previous]
+            self.lora_B[own] = self.lora_B[previous]
+
     # ---- task bookkeeping ----
     def task_mask(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"mask_A_{task}"), getattr(self, f"mask_B_{task}")

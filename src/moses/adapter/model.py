@@ -143,6 +143,8 @@ class MoSEsModel(nn.Module):
                 layer.reset_scores()
             elif self._task_names and config.ownership == "entries" and config.free_share > 0:
                 layer.reserve_free_entries(config.free_share)
+            if self._task_names and config.ownership == "subexperts" and config.own_init == "previous":
+                layer.copy_previous_subexperts(len(self._task_names))
             layer.start_task()
         self._task_names.append(name)
         index = len(self._task_names) - 1
