@@ -115,3 +115,15 @@ def test_own_init_previous_starts_from_the_previous_task():
     assert torch.equal(probe(model, "a"), ended) and not torch.equal(probe(model, "b"), ended)
     with pytest.raises(ConfigError, match="own_init"):
         MoSEsConfig(own_init="mean")
+
+
+def test_dedicated_masks_are_stored_as_one_bit_per_subexpert(tmp_path):
+    from safetensors.torch import load_file
+
+    model = get_moses_model(build("llama"), dedicated_config())
+    train_task(model, "a", steps=1)
+    model.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "adapter_model.safetensors"))
+    masks = [v for k, v in state.items() if ".mask_" in k]
+    assert masks and all(m.numel() == 1 for m in masks)  # 6 subexperts: one byte
+    assert model.capacity()["mask_bytes_raw"] == len(masks)

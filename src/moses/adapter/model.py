@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -319,7 +320,7 @@ class MoSEsModel(nn.Module):
                     owners = owner[j][i]
                     owners[mask & (owners < 0)] = t
                     row = [c + int((mask & (owners == s)).sum()) for s, c in enumerate(row)]
-                    packed.append(pack_bits(mask))
+                    packed.append(pack_bits(_stored_mask(la, mask)))
             reuse.append(row)
             active = sum(row)
             per_task.append({"name": self._task_names[t], "active_entries": active, "owned_entries": row[t],
@@ -385,8 +386,8 @@ class MoSEsModel(nn.Module):
                 state[f"{name}.transfer_gate.{t}"] = gate.detach()
             for t in range(la.num_stored_masks):
                 mask_a, mask_b = la.task_mask(t)
-                state[f"{name}.mask_A.{t}"] = pack_bits(mask_a)
-                state[f"{name}.mask_B.{t}"] = pack_bits(mask_b)
+                state[f"{name}.mask_A.{t}"] = pack_bits(_stored_mask(la, mask_a))
+                state[f"{name}.mask_B.{t}"] = pack_bits(_stored_mask(la, mask_b))
         if self.prototypes.num_tasks:
             state["task_prototypes.sums"] = self.prototypes.sums
             state["task_prototypes.counts"] = self.prototypes.counts
@@ -454,7 +455,7 @@ class MoSEsModel(nn.Module):
                         _copy_checked(la.transfer_gates[t], state[key], f"{source}: {key}")
                 for t in range(ended):
                     try:
-                        masks = [unpack_bits(state[f"{name}.mask_{w}.{t}"], getattr(la, f"lora_{w}").shape)
+                        masks = [_expand_mask(la, state[f"{name}.mask_{w}.{t}"], getattr(la, f"lora_{w}").shape)
                                  for w in "AB"]
                     except ValueError as err:
                         raise CheckpointError(f"{source}: {name}.mask.{t}: {err}") from None
@@ -491,6 +492,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.base_layer)
     return model
+
+
+def _stored_mask(layer: MoSEsLayer, mask: torch.Tensor) -> torch.Tensor:
+    """What is stored of a task mask: every entry (R1), or one bit per subexpert (R2: whole subexperts)."""
+    return mask[:, 0, 0] if layer.dedicated else mask
+
+
+def _expand_mask(layer: MoSEsLayer, packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The full mask from what was stored (R2 adapters saved before one-bit-per-subexpert masks stored every
+    entry, and still load)."""
+    if not layer.dedicated or packed.numel() == (math.prod(shape) + 7) // 8:
+        return unpack_bits(packed, shape)
+    per_subexpert = unpack_bits(packed, (shape[0],))
+    return per_subexpert[:, None, None].expand(shape).clone()
 
 
 def _copy_checked(target: torch.Tensor, value: torch.Tensor, what: str) -> None:
