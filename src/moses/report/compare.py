@@ -119,7 +119,7 @@ def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=pri
             results = existing
         else:
             results = run(method_config, resume=resume and existing is not None, echo=echo,
-                          zero_shot_from=zero_shot_from)
+                          zero_shot_from=zero_shot_from, label=method)
         if results.get("zero_shot") is not None and zero_shot_from is None:
             zero_shot_from = run_dir
         rows.append(comparison_row(method, results))

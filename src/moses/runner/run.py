@@ -118,12 +118,15 @@ def _shared_zero_shot(config: RunConfig, source: Path | None, output: Path) -> l
     return results["zero_shot"]
 
 
-def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Path | None = None) -> dict[str, Any]:
+def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Path | None = None,
+        label: str | None = None) -> dict[str, Any]:
     """Train and evaluate the stream; with `resume`, continue after the last finished task. `zero_shot_from`:
-    a run directory whose zero-shot row is reused when its evaluation settings match (moses compare)."""
+    a run directory whose zero-shot row is reused when its evaluation settings match (moses compare);
+    `label` names the run in messages (a variant's name; default the method)."""
     from accelerate.utils import set_seed
 
     output = Path(config.output)
+    label = label or config.method
     results = read_results(output)
     if results is not None and not resume and results.get("completed", 0) > 0:
         raise ConfigError(f"{output}: already holds a run; pass --resume to continue it or choose another --output")
@@ -149,7 +152,7 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
                    "metrics": None, "trainable_parameters": None}
     results["precision"] = precision
     set_seed(config.seed)
-    echo(f"[{config.method}] loading {config.model} (precision {precision}: {why}) ...")
+    echo(f"[{label}] loading {config.model} (precision {precision}: {why}) ...")
     base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
     completed = results["completed"]
     if completed:
@@ -158,7 +161,7 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
             raise CheckpointError(f"{last}: checkpoint of the last finished task is missing; cannot resume")
         model = method.load(base, tokenizer, last)
         method.restore(tasks, completed)
-        echo(f"[{config.method}] resuming after task {completed}/{len(tasks)} ({names[completed - 1]})")
+        echo(f"[{label}] resuming after task {completed}/{len(tasks)} ({names[completed - 1]})")
     else:
         model = method.prepare(base, tokenizer)
     results["trainable_parameters"] = method.trainable_parameters()
@@ -182,7 +185,7 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
         if results["zero_shot"] is None:
             results["zero_shot"] = evaluate_row("zero-shot", list(range(len(tasks))), task_given=False)
         else:
-            echo(f"[{config.method}] zero-shot row reused from {zero_shot_from}")
+            echo(f"[{label}] zero-shot row reused from {zero_shot_from}")
         if main:
             _write_results(output, results)
     for i in range(completed, len(tasks)):
@@ -192,7 +195,7 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
         method.on_task_start(task, i)
         examples = method.training_examples(task, i, tasks)
         log = train_task(model, tokenizer, examples, method, config, accelerator, seed=config.seed + i,
-                         description=f"[{config.method}] train {task.name} ({i + 1}/{len(tasks)})")
+                         description=f"[{label}] train {task.name} ({i + 1}/{len(tasks)})")
         method.on_task_end(task, i)
         results["train_seconds"] = results["train_seconds"][:i] + [time.perf_counter() - began]
         results["train_log"] = [r for r in results["train_log"] if r["task"] != task.name]
@@ -222,7 +225,7 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
             _write_results(output, results)
         scores = ", ".join(f"{names[j]} {row[j]:.1f}" for j in columns if j <= i)
         final = f", final loss {log[-1]['loss']:.3f}" if log else ""
-        echo(f"[{config.method}] after {task.name}: {scores} ({results['train_seconds'][i]:.0f}s training{final})")
+        echo(f"[{label}] after {task.name}: {scores} ({results['train_seconds'][i]:.0f}s training{final})")
     return results
 
 
