@@ -23,6 +23,7 @@ class Method:
     # the run's token limits, set by the runner, for methods that encode examples themselves
     max_prompt_tokens: int = 320
     max_answer_tokens: int = 64
+    precision: str = "fp32"  # the run's precision, set by the runner, for methods that run forwards themselves
     lr: float | None = None  # option `lr` of any method: its learning rate in place of the run's
 
     def __init__(self, **options: Any) -> None:

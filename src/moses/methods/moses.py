@@ -15,6 +15,7 @@ from moses.data.collate import generation_batches
 from moses.data.stream import Task
 from moses.errors import ConfigError
 from moses.methods.base import Method
+from moses.precision import autocast
 
 TAIL_RULES = ("prototype", "keys", "latest")
 
@@ -50,8 +51,10 @@ class MoSEsMethod(Method):
         return self.model.aux_loss()  # the load-balance term (None when its coefficient is 0)
 
     def on_task_end(self, task: Task, index: int) -> None:
-        for batch in self._prompt_batches([e["prompt"] for e in task.train]):
-            self.model.observe_prompts(batch["input_ids"], batch["attention_mask"])
+        device = next(self.model.parameters()).device
+        with autocast(self.precision, device.type):  # as generation will embed prompts for TaIL
+            for batch in self._prompt_batches([e["prompt"] for e in task.train]):
+                self.model.observe_prompts(batch["input_ids"], batch["attention_mask"])
         self.model.end_task()
 
     def _prompt_batches(self, prompts: list[str], size: int = 16) -> Iterator[dict[str, torch.Tensor]]:
@@ -81,8 +84,11 @@ class MoSEsMethod(Method):
         if self.tail == "latest":
             return [self.model.tasks[-1]] * len(prompts)
         names = []
+        device = next(self.model.parameters()).device
         for batch in self._prompt_batches(prompts):
-            names += [self.model.tasks[i] for i in self.model.infer_tasks(**batch, rule=self.tail).tolist()]
+            with autocast(self.precision, device.type):
+                inferred = self.model.infer_tasks(**batch, rule=self.tail)
+            names += [self.model.tasks[i] for i in inferred.tolist()]
         return names
 
     def save(self, directory: Path) -> None:

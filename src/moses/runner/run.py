@@ -140,6 +140,7 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
     names = [t.name for t in tasks]
     method = _method(config)
     accelerator, precision, why = _accelerator(config)
+    method.precision = precision
     main = accelerator.is_main_process
     if not main:  # one process speaks for all
         echo = _silent
@@ -264,6 +265,7 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
         raise ConfigError(f"task(s) {', '.join(unknown)} not trained in this run (trained: {', '.join(trained)})")
     method = _method(config)
     accelerator, precision, _ = _accelerator(config)
+    method.precision = precision
     base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
     model = method.load(base, tokenizer, checkpoint_dir(output, completed - 1, stream[completed - 1]))
     scores, records = {}, []
