@@ -41,9 +41,9 @@ def wrap(name: str, base):
 def one(name: str, steps: int, precision: str) -> dict:
     import torch
 
+    from moses.data.loss import answer_loss
     from moses.models import load_model
     from moses.precision import autocast
-    from moses.runner.train import answer_loss
 
     torch.manual_seed(0)
     base, _ = load_model("smollm2-135m")

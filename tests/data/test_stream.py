@@ -163,8 +163,8 @@ def test_answer_loss_equals_the_causal_lm_loss(tiny_model_dir):
     same examples, right-padded, with labels."""
     import torch
 
+    from moses.data.loss import answer_loss
     from moses.models import load_model
-    from moses.runner.train import answer_loss
 
     model, tokenizer = load_model(tiny_model_dir)
     longer = {"prompt": "Item: x\nLabel:", "answer": " a much longer answer"}

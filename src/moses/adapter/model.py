@@ -1,10 +1,9 @@
-"""MoSEsModel: wraps a Hugging Face causal LM, owns the task list, saves and loads like a peft adapter."""
+"""MoSEsModel: wraps a Hugging Face causal LM and owns the task list (add, end, select, per-sample tasks, TaIL);
+capacity and save/load live in capacity.py and save_load.py."""
 
 from __future__ import annotations
 
 import copy
-import json
-import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -12,19 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from moses.adapter.capacity import capacity_report
 from moses.adapter.config import ATTENTION_TARGETS_BY_MODEL_TYPE, DEFAULT_TARGETS, MoSEsConfig
 from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext
-from moses.adapter.masks import compressed_size, pack_bits, unpack_bits
+from moses.adapter.save_load import adapter_state_dict, load_adapter, save_adapter
 from moses.adapter.taskid import TaskPrototypes, embed_prompts
-from moses.errors import CheckpointError, ConfigError, TaskError
-from moses.io import atomic_write, atomic_write_text, read_json
+from moses.errors import ConfigError, TaskError
 
-WEIGHTS_NAME = "adapter_model.safetensors"
-TASKS_NAME = "moses_tasks.json"
 TaskIds = Sequence[str | int] | torch.Tensor
 TASK_INFERENCE_RULES = ("prototype", "keys")
 
@@ -304,54 +299,7 @@ class MoSEsModel(nn.Module):
     # ---- capacity (E8) ----
     def capacity(self) -> dict[str, Any]:
         """Pool usage and storage after the ended tasks, against per-task LoRAs of the same active rank."""
-        layers = [layer for _, layer in self.moses_layers()]
-        ended = self._ended
-        pool = sum(la.lora_A.numel() + la.lora_B.numel() for la in layers)
-        elem = layers[0].lora_A.element_size()
-        per_task, packed = [], []
-        # owner[j][i]: index of the task that first took each entry of layer i's A (j=0) or B (j=1); -1 free
-        owner = ([torch.full_like(la.lora_A, -1, dtype=torch.int16) for la in layers],
-                 [torch.full_like(la.lora_B, -1, dtype=torch.int16) for la in layers])
-        reuse = []  # reuse[t][s]: entries of task t's masks that task s owns (s = t: its own new entries)
-        for t in range(ended):
-            row = [0] * (t + 1)
-            for i, la in enumerate(layers):
-                for j, mask in enumerate(la.task_mask(t)):
-                    owners = owner[j][i]
-                    owners[mask & (owners < 0)] = t
-                    row = [c + int((mask & (owners == s)).sum()) for s, c in enumerate(row)]
-                    packed.append(pack_bits(_stored_mask(la, mask)))
-            reuse.append(row)
-            active = sum(row)
-            per_task.append({"name": self._task_names[t], "active_entries": active, "owned_entries": row[t],
-                             "reused_entries": active - row[t],
-                             "mask_moved": self.mask_moved[t] if t < len(self.mask_moved) else None})
-            if self.moses_config.ownership == "subexperts":  # how much the task borrows (R2)
-                gates = [abs(la.transfer_gates[t].item()) for la in layers]
-                per_task[-1]["transfer_gate_mean_abs"] = sum(gates) / len(gates)
-        used = sum(int(la.frozen_A.sum() + la.frozen_B.sum()) for la in layers)
-        router_bytes = sum(p.numel() * p.element_size() for la in layers
-                           for p in [*la.routers[:ended], *la.transfer_gates[:ended]])
-        masks_raw = sum(p.numel() for p in packed)
-        masks_compressed = compressed_size(packed)
-        lora_rank = self.moses_config.top_k * self.moses_config.rank
-        lora_bytes = ended * sum(lora_rank * (la.in_features + la.out_features) for la in layers) * elem
-        return {
-            "num_tasks": ended,
-            "pool_entries": pool,
-            "used_entries": used,
-            "used_fraction": used / pool,
-            "tasks": per_task,
-            "reuse_matrix": reuse,
-            "pool_bytes": used * elem,
-            "mask_bytes_raw": masks_raw,
-            "mask_bytes_compressed": masks_compressed,
-            "router_bytes": router_bytes,
-            "stored_bytes_raw": used * elem + masks_raw + router_bytes,
-            "stored_bytes_compressed": used * elem + masks_compressed + router_bytes,
-            "lora_per_task_rank": lora_rank,
-            "lora_per_task_bytes": lora_bytes,
-        }
+        return capacity_report(self)
 
     # ---- merging ----
     def merge_task(self, name: str | int) -> nn.Module:
@@ -373,113 +321,20 @@ class MoSEsModel(nn.Module):
         dropped, so save it first if it is needed."""
         return _unwrap(self.model)
 
-    # ---- save / load ----
+    # ---- save / load (adapter/save_load.py) ----
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor the adapter needs, keyed by module name; masks bit-packed (uint8)."""
-        state: dict[str, torch.Tensor] = {}
-        for name, la in self.moses_layers():
-            for key in ("lora_A", "lora_B", "scores_A", "scores_B"):
-                state[f"{name}.{key}"] = getattr(la, key).detach()
-            for t, router in enumerate(la.routers):
-                state[f"{name}.router.{t}"] = router.detach()
-            for t, gate in enumerate(la.transfer_gates):
-                state[f"{name}.transfer_gate.{t}"] = gate.detach()
-            for t in range(la.num_stored_masks):
-                mask_a, mask_b = la.task_mask(t)
-                state[f"{name}.mask_A.{t}"] = pack_bits(_stored_mask(la, mask_a))
-                state[f"{name}.mask_B.{t}"] = pack_bits(_stored_mask(la, mask_b))
-        if self.prototypes.num_tasks:
-            state["task_prototypes.sums"] = self.prototypes.sums
-            state["task_prototypes.counts"] = self.prototypes.counts
-            state["task_prototypes.keys"] = self.prototypes.keys
-        return {k: v.contiguous().cpu() for k, v in state.items()}
+        return adapter_state_dict(self)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write adapter_config.json, adapter_model.safetensors and moses_tasks.json, each atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = self.adapter_state_dict()
-        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-        base_name = getattr(getattr(self.model, "config", None), "_name_or_path", None)
-        self.moses_config.save(directory, {"base_model_name_or_path": base_name,
-                                           "resolved_target_modules": self.resolved_targets})
-        tasks = {"tasks": self._task_names, "ended": self._ended, "training": self.training_task,
-                 "active": self.active_task, "mask_moved": self.mask_moved}
-        atomic_write_text(directory / TASKS_NAME, json.dumps(tasks, indent=2) + "\n")
+        save_adapter(self, directory)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str | Path,
                         config: MoSEsConfig | None = None) -> MoSEsModel:
         """Wrap `model` and load a saved adapter. A `config` that differs from the saved one is an error."""
-        directory = Path(directory)
-        saved, _ = MoSEsConfig.load(directory)
-        if config is not None and config != saved:
-            diffs = [f"{k}: saved {v!r}, given {getattr(config, k)!r}" for k, v in saved.to_dict().items()
-                     if getattr(config, k) != v]
-            raise CheckpointError(f"{directory / 'adapter_config.json'}: saved with another config "
-                                  f"({'; '.join(diffs)})")
-        tasks = _read_tasks(directory / TASKS_NAME)
-        weights_path = directory / WEIGHTS_NAME
-        try:
-            state = load_file(str(weights_path))
-        except FileNotFoundError:
-            raise CheckpointError(f"{weights_path}: file not found") from None
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{weights_path}: corrupt or truncated safetensors file ({err})") from None
-        wrapped = cls(model, saved)
-        wrapped.load_adapter_state(state, tasks, source=str(weights_path))
-        return wrapped
-
-    def load_adapter_state(self, state: dict[str, torch.Tensor], tasks: dict[str, Any], source: str) -> None:
-        names, ended, training = tasks["tasks"], tasks["ended"], tasks["training"]
-        layers = dict(self.moses_layers())
-        expected = {f"{n}.{k}" for n in layers for k in ("lora_A", "lora_B", "scores_A", "scores_B")}
-        expected |= {f"{n}.router.{t}" for n in layers for t in range(len(names))}
-        if self.moses_config.ownership == "subexperts":
-            expected |= {f"{n}.transfer_gate.{t}" for n in layers for t in range(len(names))}
-        expected |= {f"{n}.mask_{w}.{t}" for n in layers for w in "AB" for t in range(ended)}
-        optional = {"task_prototypes.sums", "task_prototypes.counts", "task_prototypes.keys"}
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected - optional)
-        if missing or unexpected:
-            raise CheckpointError(f"{source}: does not match this model and adapter config "
-                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        with torch.no_grad():
-            for name, la in layers.items():
-                for key in ("lora_A", "lora_B", "scores_A", "scores_B"):
-                    _copy_checked(getattr(la, key), state[f"{name}.{key}"], f"{source}: {name}.{key}")
-                for t in range(len(names)):
-                    la.add_router()
-                    _copy_checked(la.routers[t], state[f"{name}.router.{t}"], f"{source}: {name}.router.{t}")
-                    if la.dedicated:
-                        key = f"{name}.transfer_gate.{t}"
-                        _copy_checked(la.transfer_gates[t], state[key], f"{source}: {key}")
-                for t in range(ended):
-                    try:
-                        masks = [_expand_mask(la, state[f"{name}.mask_{w}.{t}"], getattr(la, f"lora_{w}").shape)
-                                 for w in "AB"]
-                    except ValueError as err:
-                        raise CheckpointError(f"{source}: {name}.mask.{t}: {err}") from None
-                    la.store_task_mask(t, *masks)
-        if "task_prototypes.sums" in state:
-            sums, counts = state["task_prototypes.sums"], state["task_prototypes.counts"]
-            if sums.dim() != 2 or sums.shape[1] != self.prototypes.sums.shape[1] or counts.shape != sums.shape[:1]:
-                raise CheckpointError(f"{source}: task_prototypes has shape {tuple(sums.shape)}, model needs "
-                                      f"(tasks, {self.prototypes.sums.shape[1]})")
-            self.prototypes.sums = sums.to(self.prototypes.sums)
-            self.prototypes.counts = counts.to(self.prototypes.counts)
-            keys = state.get("task_prototypes.keys", torch.zeros_like(sums))
-            if keys.shape != sums.shape:
-                raise CheckpointError(f"{source}: task_prototypes.keys has shape {tuple(keys.shape)}, "
-                                      f"expected {tuple(sums.shape)}")
-            self.prototypes.keys = keys.to(self.prototypes.keys)
-        self._task_names = list(names)
-        self._ended = ended
-        moved = tasks.get("mask_moved")
-        self.mask_moved = list(moved) if isinstance(moved, list) else [None] * ended
-        self.context.training = None if training is None else self.task_index(training)
-        active = tasks.get("active")
-        self.context.active = None if active is None else self.task_index(active)
-
+        return load_adapter(cls, model, directory, config)
 
 def _moses_modules(model: nn.Module) -> Iterator[tuple[str, MoSEsLayer]]:
     for name, module in model.named_modules():
@@ -492,38 +347,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.base_layer)
     return model
-
-
-def _stored_mask(layer: MoSEsLayer, mask: torch.Tensor) -> torch.Tensor:
-    """What is stored of a task mask: every entry (R1), or one bit per subexpert (R2: whole subexperts)."""
-    return mask[:, 0, 0] if layer.dedicated else mask
-
-
-def _expand_mask(layer: MoSEsLayer, packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The full mask from what was stored (R2 adapters saved before one-bit-per-subexpert masks stored every
-    entry, and still load)."""
-    if not layer.dedicated or packed.numel() == (math.prod(shape) + 7) // 8:
-        return unpack_bits(packed, shape)
-    per_subexpert = unpack_bits(packed, (shape[0],))
-    return per_subexpert[:, None, None].expand(shape).clone()
-
-
-def _copy_checked(target: torch.Tensor, value: torch.Tensor, what: str) -> None:
-    if target.shape != value.shape:
-        raise CheckpointError(f"{what}: saved shape {tuple(value.shape)}, model needs {tuple(target.shape)}")
-    target.copy_(value)
-
-
-def _read_tasks(path: Path) -> dict[str, Any]:
-    tasks = read_json(path, CheckpointError)
-    ok = (isinstance(tasks, dict) and isinstance(tasks.get("tasks"), list)
-          and all(isinstance(t, str) for t in tasks["tasks"]) and isinstance(tasks.get("ended"), int)
-          and 0 <= tasks["ended"] <= len(tasks["tasks"]))
-    if not ok:
-        raise CheckpointError(f"{path}: expected {{'tasks': [names], 'ended': int, 'training': name|null}}")
-    if tasks.get("training") is not None and tasks["training"] not in tasks["tasks"]:
-        raise CheckpointError(f"{path}: training task {tasks['training']!r} is not in the task list")
-    return tasks
 
 
 def get_moses_model(model: nn.Module, config: MoSEsConfig | None = None) -> MoSEsModel:

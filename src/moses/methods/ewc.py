@@ -11,11 +11,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from moses.data.collate import training_batch
+from moses.data.loss import answer_loss
 from moses.data.stream import Task
 from moses.errors import CheckpointError
 from moses.io import atomic_write
 from moses.methods.lora import LoRAMethod
-from moses.runner.train import answer_loss
 
 STATE_FILE = "ewc_state.safetensors"
 
