@@ -1,6 +1,7 @@
 """The command line: help on every command; user errors are one line on stderr with exit code 2."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -109,3 +110,27 @@ def test_method_flag_help_names_every_method():
 
     (help_text,) = [text for name, _, text in RUN_FLAGS if name == "method"]
     assert all(name in help_text for name in METHODS)
+
+
+def test_bad_outputs_and_empty_task_files_are_one_line_errors(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("tasks: [{name: a, train: empty.json, test: empty.json}]\n")
+    cases = [
+        (["run", "--output", str(taken)], f"{taken} is a file, not a directory"),
+        (["run", "--output", str(taken / "sub")], f"{taken} is a file, not a directory"),
+        (["run", "--manifest", str(manifest), "--output", str(tmp_path / "o")], "empty.json: holds no examples"),
+    ]
+    if os.geteuid() != 0:  # root may write anywhere
+        cases.append((["run", "--output", str(locked / "run")], f"{locked} is not writable"))
+    for args, message in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert taken.read_text() == "not a directory"  # nothing lost

@@ -52,6 +52,10 @@ def test_read_examples_json_and_jsonl(tmp_path):
     ("obj.json", '{"prompt": "x"}', "expected a JSON list"),
     ("missing.json", '[{"prompt": "x"}]', "item 0 has no field 'answer'"),
     ("type.json", '[{"prompt": "x", "answer": 3}]', "item 0 field 'answer' is not a string"),
+    ("empty.json", "[]", "empty.json: holds no examples"),
+    ("empty.jsonl", "\n\n", "empty.jsonl: holds no examples"),
+    ("blank.json", '[{"prompt": "x", "answer": "y"}, {"prompt": "", "answer": ""}]', "item 1 field 'prompt' is empty"),
+    ("space.jsonl", '{"prompt": "x", "answer": " \\n "}\n', "item 0 field 'answer' is empty"),
 ])
 def test_malformed_files_name_file_and_place(tmp_path, name, content, message):
     with pytest.raises(DataError, match=message):

@@ -60,6 +60,10 @@ def read_examples(path: str | Path) -> list[Example]:
                 raise DataError(f"{path}: item {index} has no field {key!r}")
             if not isinstance(item[key], str):
                 raise DataError(f"{path}: item {index} field {key!r} is not a string")
+            if not item[key].strip():
+                raise DataError(f"{path}: item {index} field {key!r} is empty (nothing to learn or score)")
+    if not items:
+        raise DataError(f"{path}: holds no examples")
     return [{"prompt": item["prompt"], "answer": item["answer"]} for item in items]
 
 

@@ -11,6 +11,7 @@ run directory that survives interruption.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -118,6 +119,17 @@ def _shared_zero_shot(config: RunConfig, source: Path | None, output: Path) -> l
     return results["zero_shot"]
 
 
+def _check_output(output: Path) -> None:
+    """A run directory that can be written, or one clear error before any work starts."""
+    for place in (output, *output.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise ConfigError(f"--output {output}: {place} is a file, not a directory")
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise ConfigError(f"--output {output}: {place} is not writable")
+            return
+
+
 def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Path | None = None,
         label: str | None = None) -> dict[str, Any]:
     """Train and evaluate the stream; with `resume`, continue after the last finished task. `zero_shot_from`:
@@ -127,6 +139,7 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
 
     output = Path(config.output)
     label = label or config.method
+    _check_output(output)
     results = read_results(output)
     if results is not None and not resume and results.get("completed", 0) > 0:
         raise ConfigError(f"{output}: already holds a run; pass --resume to continue it or choose another --output")
