@@ -5,6 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from moses.errors import CheckpointError, ConfigError
 from moses.runner import run as run_module
@@ -173,16 +174,30 @@ def test_demo_runs_moses_at_its_own_lr_beside_seq_lora(tiny_model_dir, tmp_path)
     assert sum("OP" in line for line in printed) == 2
 
 
-def test_bf16_run_uses_autocast_and_keeps_old_tasks(moses_run, tiny_model_dir, tmp_path):
+def test_bf16_run_uses_autocast_and_keeps_old_tasks(moses_run, tiny_model_dir, tmp_path, monkeypatch):
     _, fp32 = moses_run
     config = tiny_config(tiny_model_dir, tmp_path / "bf16", precision="bf16")
+    real_train, autocast_seen = run_module.train_task, {}
+
+    def recording_train(model, *args, **kwargs):  # is every task's training forward under autocast?
+        task = kwargs["description"]
+        hook = model.get_input_embeddings().register_forward_hook(
+            lambda *_: autocast_seen.setdefault(task, set()).add(torch.is_autocast_enabled("cpu")))
+        try:
+            return real_train(model, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(run_module, "train_task", recording_train)
     results = run(config, echo=lambda *_: None)
+    monkeypatch.undo()
+    assert len(autocast_seen) == 2 and all(seen == {True} for seen in autocast_seen.values()), autocast_seen
     assert results["precision"] == "bf16" and fp32["precision"] in ("fp32", "bf16")
-    losses = [r["loss"] for r in results["train_log"]]
-    reference = [r["loss"] for r in run(replace(config, precision="fp32", output=str(tmp_path / "fp32")),
-                                        echo=lambda *_: None)["train_log"]]
-    assert losses != reference  # the forward ran in bf16
-    assert losses == pytest.approx(reference, rel=0.1)  # and trained the same way
+    reference = run(replace(config, precision="fp32", output=str(tmp_path / "fp32")), echo=lambda *_: None)
+    for task in ("alive", "size"):  # every task's forward ran in bf16 (not just the first one's)
+        losses = [r["loss"] for r in results["train_log"] if r["task"] == task]
+        expected = [r["loss"] for r in reference["train_log"] if r["task"] == task]
+        assert losses[0] != expected[0] and losses == pytest.approx(expected, rel=0.1)
     assert results["R"][1][0] == results["R"][0][0] and results["metrics"]["BWT"] == 0.0
     predictions = Path(config.output) / "predictions"
     assert read_jsonl(predictions / "after-00-alive.jsonl") == read_jsonl(predictions / "after-01-alive.jsonl")

@@ -69,8 +69,7 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
                     bar.set_postfix(loss=f"{mean_loss:.3f}")
                     bar.update()
     trained.eval()
-    # drop prepare's autocast wrapper of forward: the next task's prepare adds its own, and evaluation runs
-    # under its explicit autocast (runner/evaluate.py)
-    accelerator.unwrap_model(trained, keep_fp32_wrapper=False)
+    # prepare's autocast wrapper of forward stays: accelerate prepares a model once (a second prepare of the
+    # same model is a no-op), so it serves every task; evaluation autocasts explicitly (runner/evaluate.py)
     accelerator.free_memory()
     return log
