@@ -52,9 +52,8 @@ def random_batch(seed: int, batch: int = 3, length: int = 10) -> dict[str, torch
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
 
-def train_task(model, name: str, steps: int = 4, lr: float = 5e-2, seed: int = 0) -> list[float]:
-    """Real optimisation steps memorising one batch of random tokens per task; returns the losses."""
-    model.add_task(name)
+def train_steps(model, steps: int = 4, lr: float = 5e-2, seed: int = 0) -> list[float]:
+    """Real optimisation steps of the training task on one batch of random tokens; returns the losses."""
     model.train()
     optimizer = torch.optim.AdamW(model.optimizer_param_groups(lr))
     losses = []
@@ -66,6 +65,13 @@ def train_task(model, name: str, steps: int = 4, lr: float = 5e-2, seed: int = 0
         optimizer.step()
         losses.append(loss.item())
     model.eval()
+    return losses
+
+
+def train_task(model, name: str, steps: int = 4, lr: float = 5e-2, seed: int = 0) -> list[float]:
+    """Add task `name`, memorise one batch of random tokens, end the task; returns the losses."""
+    model.add_task(name)
+    losses = train_steps(model, steps, lr, seed)
     model.end_task()
     return losses
 

@@ -7,7 +7,7 @@ import torch
 from moses import MoSEsConfig, MoSEsModel, get_moses_model
 from moses.errors import ConfigError, TaskError
 
-from conftest import build, random_batch, train_task
+from conftest import build, random_batch, train_steps, train_task
 
 PROBE = random_batch(seed=321, batch=2, length=8)
 
@@ -16,21 +16,6 @@ def dedicated_config(**overrides) -> MoSEsConfig:
     return MoSEsConfig(**{"num_subexperts": 6, "top_k": 2, "rank": 2, "ownership": "subexperts",
                           "new_subexperts": 2, "transfer_lr_scale": 1.0,
                           **overrides})
-
-
-def train_steps(model, seed: int, steps: int = 5) -> list[float]:
-    model.train()
-    optimizer = torch.optim.AdamW(model.optimizer_param_groups(5e-2))
-    batch, losses = random_batch(1000 + seed), []
-    for _ in range(steps):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    model.end_task()
-    return losses
 
 
 def probe(model, task=None):
@@ -50,7 +35,8 @@ def test_dedicated_subexperts_keep_old_tasks_and_start_at_zero(arch, router_inpu
     for t, name in enumerate(["t1", "t2", "t3"]):
         model.add_task(name)
         assert torch.equal(probe(model), base_logits)  # own B = 0 and transfer gate 0: every task starts at 0
-        losses = train_steps(model, seed=t)
+        losses = train_steps(model, steps=5, seed=t)
+        model.end_task()
         assert losses[-1] < losses[0]
         recorded[name] = probe(model, name)
         pools.append({n: (la.lora_A.detach().clone(), la.lora_B.detach().clone()) for n, la in model.moses_layers()})
@@ -107,11 +93,13 @@ def test_dedicated_round_trip_and_errors(tmp_path):
 def test_own_init_previous_starts_from_the_previous_task():
     model = get_moses_model(build("llama"), dedicated_config(own_init="previous"))
     model.add_task("a")
-    train_steps(model, seed=0)
+    train_steps(model, steps=5, seed=0)
+    model.end_task()
     ended = probe(model, "a")
     model.add_task("b")
     assert torch.equal(probe(model), ended)  # b starts as a (its copies on, a's own borrowed with gate 0)
-    train_steps(model, seed=1)
+    train_steps(model, steps=5, seed=1)
+    model.end_task()
     assert torch.equal(probe(model, "a"), ended) and not torch.equal(probe(model, "b"), ended)
     with pytest.raises(ConfigError, match="own_init"):
         MoSEsConfig(own_init="mean")
