@@ -208,6 +208,7 @@ def test_variants_run_their_method_with_their_own_options(tmp_path):
                        variants={"moses-sub": {"method": "moses", "router_input": "subexperts"}})
     variant = config.for_method("moses-sub", str(tmp_path / "v"))
     assert variant.method == "moses" and variant.options() == {"lr": 0.01, "top_k": 3, "router_input": "subexperts"}
+    assert variant.variants == {} and config.for_method("seq-lora", "x").variants == {}  # runs need none
     with pytest.raises(ConfigError, match="variants.bad: needs 'method'"):
         RunConfig(variants={"bad": {"lr": 0.1}})
     with pytest.raises(ConfigError, match="variants.moses: a variant cannot take the name of a method"):

@@ -123,10 +123,11 @@ class RunConfig:
         """This config for another method or variant of a comparison: `method_options` belong to `self.method`
         only; `options_by_method` travels with every run (so each run's config.json says what it ran with).
         A variant runs its `method` with the variant's options over that method's `options_by_method`."""
-        if method in self.variants:
+        if method in self.variants:  # (a run needs no variants: adding one later does not block its resume)
             options = {k: v for k, v in self.variants[method].items() if k != "method"}
-            return replace(self, method=self.variants[method]["method"], output=output, method_options=options)
-        return replace(self, method=method, output=output,
+            return replace(self, method=self.variants[method]["method"], output=output, method_options=options,
+                           variants={})
+        return replace(self, method=method, output=output, variants={},
                        method_options=self.method_options if method == self.method else {})
 
     def evaluation_key(self) -> dict[str, Any]:
