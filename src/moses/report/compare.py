@@ -129,4 +129,3 @@ def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=pri
     atomic_write_text(output / "compare.md", comparison_markdown(rows) + "\n")
     comparison_bars(rows, output / "compare.png")
     return rows
-
