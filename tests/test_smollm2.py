@@ -5,6 +5,7 @@ from importlib.util import find_spec
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from moses import MoSEsModel
 from moses.data.demo import demo_stream
@@ -38,7 +39,8 @@ def test_two_tasks_on_smollm2_keep_the_first(smollm2, tmp_path):
     method = make_method("moses")
     model = method.prepare(base, tokenizer)
     config = RunConfig(epochs=1, batch_size=8, lr=1e-2, device="cpu")
-    accelerator = Accelerator(cpu=True)
+    AcceleratorState._reset_state()  # earlier tests may have set up bf16; this one checks fp32 bit-exactness
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
     try:
         method.on_task_start(tasks[0], 0)
         with torch.no_grad():
