@@ -38,6 +38,14 @@ class TaskContext:
     disabled: bool = False
 
 
+def check_free_subexperts(num_subexperts: int, new_subexperts: int, task: int, what: str) -> None:
+    """R2: task index `task` needs subexperts up to (task + 1) * new_subexperts; a clear error when the pool
+    has no room left."""
+    if (task + 1) * new_subexperts > num_subexperts:
+        raise TaskError(f"no free subexperts for {what}: num_subexperts={num_subexperts} holds "
+                        f"{num_subexperts // new_subexperts} tasks of new_subexperts={new_subexperts}")
+
+
 def projection_shape(layer: nn.Module) -> tuple[int, int]:
     """(d_in, d_out) of a projection MoSEs can wrap."""
     if isinstance(layer, nn.Linear):
@@ -126,10 +134,8 @@ class MoSEsLayer(nn.Module):
         or one gate-logit vector ("task")."""
         device = self.lora_A.device
         task = len(self.routers)
-        if self.dedicated and (task + 1) * self.new_subexperts > self.num_subexperts:
-            raise TaskError(f"no free subexperts for task {task + 1}: num_subexperts={self.num_subexperts} holds "
-                            f"{self.num_subexperts // self.new_subexperts} tasks of new_subexperts="
-                            f"{self.new_subexperts}")
+        if self.dedicated:
+            check_free_subexperts(self.num_subexperts, self.new_subexperts, task, f"task {task + 1}")
         if self.router_init == "previous" and task > 0:
             router = self.routers[-1].detach().clone()
         elif self.routing == "token":
@@ -161,8 +167,11 @@ class MoSEsLayer(nn.Module):
         if task != self.num_stored_masks:
             raise TaskError(f"masks must be stored in task order: expected task {self.num_stored_masks}, got {task}")
         device = self.frozen_A.device
-        self.register_buffer(f"mask_A_{task}", mask_a.to(device=device, dtype=torch.bool), persistent=False)
-        self.register_buffer(f"mask_B_{task}", mask_b.to(device=device, dtype=torch.bool), persistent=False)
+        # contiguous copies: a mask may arrive as a view (R2's expanded ownership masks)
+        self.register_buffer(f"mask_A_{task}", mask_a.to(device=device, dtype=torch.bool).contiguous().clone(),
+                             persistent=False)
+        self.register_buffer(f"mask_B_{task}", mask_b.to(device=device, dtype=torch.bool).contiguous().clone(),
+                             persistent=False)
         self.frozen_A |= getattr(self, f"mask_A_{task}")
         self.frozen_B |= getattr(self, f"mask_B_{task}")
         self.num_stored_masks += 1
@@ -192,8 +201,7 @@ class MoSEsLayer(nn.Module):
         """R2: task `task` reads every subexpert owned by it or an earlier task (indices below
         (task + 1) * new_subexperts), each whole."""
         usable = torch.arange(self.num_subexperts, device=self.lora_A.device) < (task + 1) * self.new_subexperts
-        return (usable[:, None, None].expand_as(self.lora_A).clone(),
-                usable[:, None, None].expand_as(self.lora_B).clone())
+        return usable[:, None, None].expand_as(self.lora_A), usable[:, None, None].expand_as(self.lora_B)
 
     # ---- the math ----
     def task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from moses.adapter.capacity import capacity_report
 from moses.adapter.config import ATTENTION_TARGETS_BY_MODEL_TYPE, DEFAULT_TARGETS, MoSEsConfig
-from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext
+from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext, check_free_subexperts
 from moses.adapter.save_load import adapter_state_dict, load_adapter, save_adapter
 from moses.adapter.taskid import TaskPrototypes, embed_prompts
 from moses.errors import ConfigError, TaskError
@@ -128,11 +128,9 @@ class MoSEsModel(nn.Module):
         if self.context.training is not None:
             raise TaskError(f"task {self.training_task!r} is still being trained: call end_task() first")
         config = self.moses_config
-        needed = (len(self._task_names) + 1) * config.new_subexperts
-        if config.ownership == "subexperts" and needed > config.num_subexperts:
-            raise TaskError(f"no free subexperts for task {name!r}: num_subexperts={config.num_subexperts} holds "
-                            f"{config.num_subexperts // config.new_subexperts} tasks of new_subexperts="
-                            f"{config.new_subexperts}")
+        if config.ownership == "subexperts":  # before any layer changes
+            check_free_subexperts(config.num_subexperts, config.new_subexperts, len(self._task_names),
+                                  f"task {name!r}")
         for _, layer in self.moses_layers():
             layer.add_router()
             if self._task_names and config.ownership == "entries" and config.scores == "fresh":

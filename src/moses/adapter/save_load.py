@@ -5,7 +5,6 @@ atomically. A mismatched or corrupt directory raises CheckpointError naming the 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,12 +139,10 @@ def stored_mask(layer: MoSEsLayer, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _expand_mask(layer: MoSEsLayer, packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The full mask from what was stored (R2 adapters saved before one-bit-per-subexpert masks stored every
-    entry, and still load)."""
-    if not layer.dedicated or packed.numel() == (math.prod(shape) + 7) // 8:
+    """The full mask from what `stored_mask` kept."""
+    if not layer.dedicated:
         return unpack_bits(packed, shape)
-    per_subexpert = unpack_bits(packed, (shape[0],))
-    return per_subexpert[:, None, None].expand(shape).clone()
+    return unpack_bits(packed, (shape[0],))[:, None, None].expand(shape)
 
 
 def _copy_checked(target: torch.Tensor, value: torch.Tensor, what: str) -> None:

@@ -50,16 +50,18 @@ class MoSEsMethod(Method):
     def extra_loss(self, batch, outputs) -> torch.Tensor | None:
         return self.model.aux_loss()  # the load-balance term (None when its coefficient is 0)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def on_task_end(self, task: Task, index: int) -> None:
-        device = next(self.model.parameters()).device
-        with autocast(self.precision, device.type):  # as generation will embed prompts for TaIL
+        with autocast(self.precision, self.device.type):  # as generation will embed prompts for TaIL
             for batch in self._prompt_batches([e["prompt"] for e in task.train]):
                 self.model.observe_prompts(batch["input_ids"], batch["attention_mask"])
         self.model.end_task()
 
     def _prompt_batches(self, prompts: list[str], size: int = 16) -> Iterator[dict[str, torch.Tensor]]:
-        device = next(self.model.parameters()).device
-        return generation_batches(self.tokenizer, prompts, size, self.max_prompt_tokens, device)
+        return generation_batches(self.tokenizer, prompts, size, self.max_prompt_tokens, self.device)
 
     @contextmanager
     def inference_context(self, task_name: str | None) -> Iterator[None]:
@@ -84,9 +86,8 @@ class MoSEsMethod(Method):
         if self.tail == "latest":
             return [self.model.tasks[-1]] * len(prompts)
         names = []
-        device = next(self.model.parameters()).device
         for batch in self._prompt_batches(prompts):
-            with autocast(self.precision, device.type):
+            with autocast(self.precision, self.device.type):
                 inferred = self.model.infer_tasks(**batch, rule=self.tail)
             names += [self.model.tasks[i] for i in inferred.tolist()]
         return names
