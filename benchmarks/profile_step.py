@@ -1,0 +1,81 @@
+"""Where a training step's time goes: torch.profiler over a few SmolLM2-135M steps of one adapter (forward,
+backward, AdamW), ops sorted by self CPU time. The tool behind issue 12's "profile it, don't guess".
+
+    python benchmarks/profile_step.py --adapter moses-r2 --shape 8x64 --precision bf16 [--steps 3] [--task 2]
+
+`--task k` ends k tasks first, so the profiled task borrows from k earlier ones (MoSEs R2 routes only then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from moses.data.loss import answer_loss
+from moses.models import load_model
+from moses.precision import autocast
+
+ADAPTER_CONFIGS = {
+    "moses": {},
+    "moses-r2": {"ownership": "subexperts", "new_subexperts": 1, "num_subexperts": 8, "rank": 2, "top_k": 2,
+                 "router_input": "subexperts", "own_init": "previous"},
+}
+
+
+def build(adapter: str, base, tasks_before: int):
+    if adapter.startswith("moses"):
+        from moses import MoSEsConfig, get_moses_model
+
+        model = get_moses_model(base, MoSEsConfig(**ADAPTER_CONFIGS[adapter]))
+        for k in range(tasks_before):
+            model.add_task(f"earlier{k}")
+            model.end_task()
+        model.add_task("profiled")
+        return model, model.optimizer_param_groups(1e-3)
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    return model, [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-3, "weight_decay": 0.0}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--adapter", default="moses-r2", choices=["lora-r8", *ADAPTER_CONFIGS])
+    parser.add_argument("--shape", default="8x64", help="batch x tokens")
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--task", type=int, default=2, help="tasks ended before the profiled one (MoSEs)")
+    parser.add_argument("--rows", type=int, default=25)
+    args = parser.parse_args()
+    batch_size, tokens = (int(v) for v in args.shape.split("x"))
+    torch.manual_seed(0)
+    base, _ = load_model("smollm2-135m")
+    model, groups = build(args.adapter, base, args.task)
+    optimizer = torch.optim.AdamW(groups)
+    ids = torch.randint(0, base.config.vocab_size, (batch_size, tokens))
+    labels = ids.clone()
+    labels[:, : tokens - min(32, tokens // 2)] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    model.train()
+
+    def step() -> None:
+        with autocast(args.precision, "cpu"):
+            loss, _ = answer_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    began = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step()
+    print(f"{args.adapter} {args.shape} {args.precision}: {(time.perf_counter() - began) / args.steps:.3f} s per "
+          "step under the profiler")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
