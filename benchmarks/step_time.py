@@ -1,11 +1,12 @@
-"""Training step time and peak memory on SmolLM2-135M, batch 8 x 256 tokens, CPU: MoSEs (N=8, top-2, r=4,
-q/k/v/o) against peft LoRA r=8 (same active rank) and r=32 (same pool rank). Each adapter runs in its own
-process so its peak memory is its own; ratios are against LoRA r=8 measured in the same run.
+"""Training step time and peak memory on SmolLM2-135M over several batch shapes, CPU: MoSEs (the package
+default and reading R2 as in benchmarks/trace_cpu.yaml) against peft LoRA r=8 (same active rank) and r=32
+(same pool rank), on q/k/v/o, in fp32 and under bf16 autocast. Each adapter and precision runs in its own
+process (its peak memory is its own) and times every shape there; the processes take turns for several
+rounds, and each ratio is the median over rounds of the ratio against LoRA r=8 of the same precision and
+round. MoSEs is timed on its third task (two ended before it), so R2 has subexperts to borrow.
 
-    python benchmarks/step_time.py [--steps 5] [--rounds 3] [--precisions fp32,bf16] [--adapters lora-r8,moses]
-
-Under bf16 the step runs in `torch.autocast` (moses.precision.autocast), as a run with precision bf16 does;
-every ratio is against LoRA r=8 in fp32 from the same round.
+    python benchmarks/step_time.py [--shapes 8x32,8x64,4x128,8x256] [--steps 4] [--rounds 2]
+                                   [--precisions fp32,bf16] [--adapters lora-r8,moses,moses-r2]
 """
 
 from __future__ import annotations
@@ -19,15 +20,23 @@ import time
 
 from common import PeakRSS, write_results
 
-ADAPTERS = ("lora-r8", "lora-r32", "moses")
-BATCH, TOKENS, ANSWER = 8, 256, 32
+ADAPTERS = ("lora-r8", "lora-r32", "moses", "moses-r2")
+MOSES_OPTIONS = {"moses": {},
+                 "moses-r2": {"ownership": "subexperts", "new_subexperts": 1, "num_subexperts": 8, "rank": 2,
+                              "top_k": 2, "router_input": "subexperts", "own_init": "previous"}}
+SHAPES = "8x32,8x64,4x128,8x256"
+ANSWER = 32
+TASKS_BEFORE = 2
 
 
 def wrap(name: str, base):
-    if name == "moses":
+    if name.startswith("moses"):
         from moses import MoSEsConfig, get_moses_model
 
-        model = get_moses_model(base, MoSEsConfig())
+        model = get_moses_model(base, MoSEsConfig(**MOSES_OPTIONS[name]))
+        for k in range(TASKS_BEFORE):
+            model.add_task(f"earlier-{k}")
+            model.end_task()
         model.add_task("bench")
         return model, model.optimizer_param_groups(3e-4)
     from peft import LoraConfig, get_peft_model
@@ -38,7 +47,7 @@ def wrap(name: str, base):
     return model, [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0, "lr": 3e-4}]
 
 
-def one(name: str, steps: int, precision: str) -> dict:
+def one(name: str, steps: int, precision: str, shapes: list[tuple[int, int]]) -> dict:
     import torch
 
     from moses.data.loss import answer_loss
@@ -49,77 +58,93 @@ def one(name: str, steps: int, precision: str) -> dict:
     base, _ = load_model("smollm2-135m")
     model, groups = wrap(name, base)
     optimizer = torch.optim.AdamW(groups)
-    ids = torch.randint(0, base.config.vocab_size, (BATCH, TOKENS))
-    labels = ids.clone()
-    labels[:, : TOKENS - ANSWER] = -100
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     model.train()
-
-    def step() -> float:
-        began = time.perf_counter()
-        with autocast(precision, "cpu"):
-            loss, _ = answer_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - began
-
-    step()  # warm-up
-    baseline = PeakRSS.current()
+    by_shape = {}
     with PeakRSS() as peak:
-        times = [step() for _ in range(steps)]
-    trainable = sum(p.numel() for g in groups for p in g["params"])
-    return {"adapter": name, "precision": precision, "median_step_s": statistics.median(times), "step_times_s": times,
-            "peak_rss_bytes": peak.peak, "rss_before_steps_bytes": baseline, "trainable_parameters": trainable}
+        for batch_size, tokens in shapes:
+            ids = torch.randint(0, base.config.vocab_size, (batch_size, tokens))
+            labels = ids.clone()
+            labels[:, : tokens - min(ANSWER, tokens // 2)] = -100
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+            def step(batch=batch) -> float:
+                began = time.perf_counter()
+                with autocast(precision, "cpu"):
+                    loss, _ = answer_loss(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                return time.perf_counter() - began
+
+            step()  # warm-up
+            times = [step() for _ in range(steps)]
+            by_shape[f"{batch_size}x{tokens}"] = {"median_step_s": statistics.median(times), "step_times_s": times}
+    trainable = sum(p.numel() for g in groups for p in g["params"] if p.requires_grad)
+    return {"adapter": name, "precision": precision, "shapes": by_shape, "peak_rss_bytes": peak.peak,
+            "trainable_parameters": trainable}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shapes", default=SHAPES, help="batch x tokens, comma-separated")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--adapters", default=",".join(ADAPTERS))
+    parser.add_argument("--adapters", default="lora-r8,moses,moses-r2")
     parser.add_argument("--one", choices=ADAPTERS)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = parser.parse_args()
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
     if args.one:
-        print(json.dumps(one(args.one, args.steps, args.precision)))
+        print(json.dumps(one(args.one, args.steps, args.precision, shapes)))
         return
     precisions = args.precisions.split(",")
-    names = [f"{a} {p}" for a in args.adapters.split(",") for p in precisions]
-    if "lora-r8 fp32" not in names:
-        raise SystemExit("the reference, lora-r8 in fp32, must be among --adapters and --precisions")
+    adapters = args.adapters.split(",")
+    if "lora-r8" not in adapters:
+        raise SystemExit("the reference, lora-r8, must be among --adapters")
+    names = [(a, p) for p in precisions for a in adapters]
     rounds: list[dict[str, dict]] = []
     for round_index in range(args.rounds):  # the adapters take turns, so slow phases of the CPU hit all of them
         runs = {}
-        for name in names:
-            adapter, precision = name.split()
+        for adapter, precision in names:
             out = subprocess.run([sys.executable, __file__, "--one", adapter, "--precision", precision,
-                                  "--steps", str(args.steps)], capture_output=True, text=True, check=True)
-            runs[name] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"round {round_index + 1}/{args.rounds} {name}: median step {runs[name]['median_step_s']:.2f}s, "
-                  f"peak {runs[name]['peak_rss_bytes'] / 2**30:.2f} GiB", file=sys.stderr)
+                                  "--steps", str(args.steps), "--shapes", args.shapes], capture_output=True,
+                                 text=True, check=True)
+            runs[f"{adapter} {precision}"] = result = json.loads(out.stdout.strip().splitlines()[-1])
+            steps = ", ".join(f"{k} {v['median_step_s']:.2f}s" for k, v in result["shapes"].items())
+            print(f"round {round_index + 1}/{args.rounds} {adapter} {precision}: {steps}; peak "
+                  f"{result['peak_rss_bytes'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
         rounds.append(runs)
 
-    def per_round(name: str, key: str, against: str | None = None) -> list[float]:
-        return [r[name][key] / (r[against][key] if against else 1) for r in rounds]
+    def ratio(name: str, against: str, shape: str) -> float:
+        return statistics.median(r[name]["shapes"][shape]["median_step_s"]
+                                 / r[against]["shapes"][shape]["median_step_s"] for r in rounds)
 
+    shape_names = [f"{b}x{t}" for b, t in shapes]
     rows = []
-    for name in names:
-        step_ratios = per_round(name, "median_step_s", "lora-r8 fp32")
-        rows.append({"adapter": name, "median step s": statistics.median(per_round(name, "median_step_s")),
-                     "step / LoRA r8 fp32": statistics.median(step_ratios),
-                     "per round": " ".join(f"{v:.3f}" for v in step_ratios),
-                     "peak GiB": statistics.median(per_round(name, "peak_rss_bytes")) / 2**30,
-                     "peak / LoRA r8 fp32": statistics.median(per_round(name, "peak_rss_bytes", "lora-r8 fp32")),
-                     "trainable params": rounds[0][name]["trainable_parameters"]})
-    write_results("step_time", {"batch": BATCH, "tokens": TOKENS, "answer_tokens": ANSWER, "rounds": rounds}, rows,
-                  list(rows[0]), notes="SmolLM2-135M (GGUF, float32 weights; bf16 rows under torch.autocast), CPU, "
-                  f"batch {BATCH} x {TOKENS} tokens (loss on "
-                  f"the last {ANSWER}), AdamW. Each adapter runs in its own process (its peak memory is its own): one "
-                  f"warm-up, then the median of {args.steps} steps; the adapters take turns for {args.rounds} rounds "
-                  "and a ratio is the median of the per-round ratios. Targets: MoSEs / LoRA r8 <= 1.10 for step time "
-                  "and peak memory.")
+    for adapter, precision in names:
+        name = f"{adapter} {precision}"
+        row = {"adapter": adapter, "precision": precision}
+        for shape in shape_names:
+            seconds = statistics.median(r[name]["shapes"][shape]["median_step_s"] for r in rounds)
+            row[f"{shape} s"] = round(seconds, 3)
+            row[f"{shape} / LoRA r8"] = round(ratio(name, f"lora-r8 {precision}", shape), 3)
+            if precision != "fp32" and "fp32" in precisions:
+                row[f"{shape} / own fp32"] = round(ratio(name, f"{adapter} fp32", shape), 3)
+        row["peak GiB"] = round(statistics.median(r[name]["peak_rss_bytes"] for r in rounds) / 2**30, 2)
+        row["trainable params"] = rounds[0][name]["trainable_parameters"]
+        rows.append(row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    write_results("step_time", {"shapes": shape_names, "answer_tokens": ANSWER, "tasks_before": TASKS_BEFORE,
+                                "moses_options": MOSES_OPTIONS, "rounds": rounds}, rows, columns,
+                  notes="SmolLM2-135M (GGUF, float32 weights; bf16 rows under torch.autocast), 2-core CPU, AdamW, "
+                  f"loss on the last {ANSWER} tokens (half of shorter rows). Each adapter and precision runs in its "
+                  f"own process over every shape: one warm-up step per shape, then the median of {args.steps} steps; "
+                  f"the processes take turns for {args.rounds} rounds, and a ratio is the median of the per-round "
+                  "ratios against LoRA r=8 of the same precision (`/ own fp32`: the same adapter in fp32). MoSEs "
+                  f"trains its task {TASKS_BEFORE + 1} ({TASKS_BEFORE} ended before it). Issue 12's target: MoSEs / "
+                  "LoRA r8 <= 1.10 at every shape, in fp32 and bf16.")
+
 
 if __name__ == "__main__":
     main()

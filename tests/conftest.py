@@ -103,3 +103,41 @@ def build_tiny_checkpoint(directory) -> str:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def tiny_config(model_dir, output, **overrides):
+    """A RunConfig of the demo stream on the tiny model: 8 train / 8 test examples, 2 steps per epoch."""
+    from moses.runner.config import RunConfig
+
+    settings = {"model": model_dir, "stream": "demo", "n_train": 8, "n_test": 8, "epochs": 4, "batch_size": 4,
+                "lr": 5e-2, "device": "cpu", "precision": "fp32", "output": str(output), "method": "moses",
+                "method_options": {}}
+    return RunConfig(**{**settings, **overrides})
+
+
+def run_interrupted_in_second_task(config, monkeypatch) -> None:
+    """Run until the second task's training starts, then stop as Ctrl-C would."""
+    from moses.runner import run as run_module
+    from moses.runner.run import run
+
+    real_train, calls = run_module.train_task, []
+
+    def interrupt_second_task(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "train_task", interrupt_second_task)
+        with pytest.raises(KeyboardInterrupt):
+            run(config, echo=lambda *_: None)
+
+
+def assert_one_error_line(err: str, message: str) -> None:
+    """A user error on stderr: one `moses: error:` line holding `message`, no traceback; the only other
+    output allowed is progress bars (tqdm lines, split by carriage returns)."""
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("moses: error:")]
+    others = [line for line in lines if line not in errors and "%|" not in line]
+    assert "Traceback" not in err and len(errors) == 1 and message in errors[0] and not others, err

@@ -134,3 +134,13 @@ def test_bad_outputs_and_empty_task_files_are_one_line_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert taken.read_text() == "not a directory"  # nothing lost
+
+
+def test_run_of_a_lora_method_prints_its_report(tiny_model_dir, tmp_path, capsys):
+    """The report printed after `moses run` of a LoRA family method (its capacity has no pool) was a KeyError."""
+    args = ["run", "--method", "seq-lora", "--model", tiny_model_dir, "--n-train", "8", "--n-test", "4", "--epochs",
+            "1", "--batch-size", "4", "--device", "cpu", "--output", str(tmp_path / "run")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())["capacity"]["stored_bytes"]
+    assert "## Capacity" in out and f"Stored {stored:,} bytes in 1 adapter(s)." in out

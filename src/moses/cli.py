@@ -24,6 +24,7 @@ RUN_FLAGS: list[tuple[str, Any, str]] = [
     ("epochs", int, "epochs per task"),
     ("batch_size", int, "training batch size"),
     ("grad_accum", int, "gradient accumulation steps"),
+    ("max_grad_norm", float, "clip each step's gradient norm to this (default: no clipping)"),
     ("n_train", int, "training examples per task (the first ones)"),
     ("n_test", int, "test examples per task (the first ones)"),
     ("max_prompt_tokens", int, "prompt tokens kept (cut from the left)"),

@@ -19,3 +19,15 @@ class CheckpointError(MoSEsError, ValueError):
 
 class DataError(MoSEsError, ValueError):
     """Missing or malformed task data or settings file; the message names the file and the place."""
+
+
+class TrainingError(MoSEsError, RuntimeError):
+    """Training cannot go on as configured (e.g. a non-finite loss); the message names the task and step."""
+
+
+class StorageError(MoSEsError, OSError):
+    """A file could not be written (disk full, no permission); the previous version of it is kept."""
+
+
+class LockError(MoSEsError, RuntimeError):
+    """The output directory is in use by another live process; the message names it."""

@@ -10,23 +10,42 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from moses.errors import DataError
+from moses import faults
+from moses.errors import DataError, StorageError
+
+
+def fsync_directory(directory: str | Path) -> None:
+    """Make a rename inside `directory` durable (POSIX: the entry lives in the directory, not the file)."""
+    if os.name != "posix":  # pragma: no cover - Windows has no directory handles to sync
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Call `write(tmp_path)` on a temporary file beside `path`, fsync it, rename it over `path`, then fsync
+    the directory. A failed write (disk full, no permission) raises StorageError and leaves `path` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        faults.reached(f"write:{path.name}")
         os.replace(tmp, path)
+        fsync_directory(path.parent)
+    except OSError as err:
+        raise StorageError(f"{path}: cannot write ({err.strerror or err}); the previous version is kept") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -34,10 +53,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def read_text(path: str | Path, error: type[Exception] = DataError) -> str:
-    """The file's text; a missing or unreadable file raises `error` naming it."""
+    """The file's text (UTF-8; a leading byte-order mark is dropped, as editors on Windows write one); a
+    missing or unreadable file raises `error` naming it."""
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as err:

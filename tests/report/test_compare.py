@@ -18,7 +18,12 @@ def test_compare_writes_table_json_and_png(tiny_model_dir, tmp_path, capsys):
     assert rows[1]["BWT"] == 0.0 and rows[1]["stored_bytes"] > 0
     assert (output / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (output / "compare.png").stat().st_size > 5000
-    assert "| lora-per-task |" in (output / "compare.md").read_text()
+    table = (output / "compare.md").read_text()
+    assert "| lora-per-task |" in table
+    final = json.loads((output / "lora-per-task" / "results.json").read_text())["R"][-1]
+    assert rows[1]["final_scores"] == final and rows[1]["tasks"] == ["alive", "size"]
+    assert "| final score | alive | size |" in table
+    assert f"| lora-per-task | {final[0]:.1f} | {final[1]:.1f} |" in table
     capsys.readouterr()
     assert main(args) == 0  # the second time both runs are reused, not retrained
     assert capsys.readouterr().out.count("finished earlier") == 2

@@ -12,12 +12,7 @@ from moses.runner import run as run_module
 from moses.runner.config import RunConfig
 from moses.runner.run import evaluate_run, run
 
-
-def tiny_config(model_dir, output, **overrides) -> RunConfig:
-    settings = {"model": model_dir, "stream": "demo", "n_train": 8, "n_test": 8, "epochs": 4, "batch_size": 4,
-                "lr": 5e-2, "device": "cpu", "precision": "fp32", "output": str(output), "method": "moses",
-                "method_options": {}}
-    return RunConfig(**{**settings, **overrides})
+from conftest import run_interrupted_in_second_task, tiny_config
 
 
 def read_jsonl(path):
@@ -41,7 +36,7 @@ def test_run_directory_layout(moses_run):
     assert len(saved["R"]) == 2 and saved["R"][0][1] is None  # future tasks not evaluated by default
     log = read_jsonl(output / "train_log.jsonl")
     assert [r["task"] for r in log] == ["alive"] * 8 + ["size"] * 8 and all(r["loss"] > 0 for r in log)
-    assert [p.name for p in (output / "checkpoints").iterdir()] == ["01-size"]
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["00-alive", "01-size"]  # the two newest
     assert saved["capacity"]["num_tasks"] == 2 and saved["metrics"]["OP"] is not None
 
 
@@ -54,22 +49,6 @@ def test_moses_keeps_earlier_tasks_exactly(moses_run):
     assert read_jsonl(predictions / "after-00-alive.jsonl") == read_jsonl(predictions / "after-01-alive.jsonl")
 
 
-def run_interrupted_in_second_task(config: RunConfig, monkeypatch) -> None:
-    """Run until the second task's training starts, then stop as Ctrl-C would."""
-    real_train, calls = run_module.train_task, []
-
-    def interrupt_second_task(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(run_module, "train_task", interrupt_second_task)
-        with pytest.raises(KeyboardInterrupt):
-            run(config, echo=lambda *_: None)
-
-
 def test_interrupted_run_resumes_to_the_same_result(moses_run, tiny_model_dir, tmp_path, monkeypatch):
     _, uninterrupted = moses_run
     config = tiny_config(tiny_model_dir, tmp_path / "resumed")
@@ -77,8 +56,8 @@ def test_interrupted_run_resumes_to_the_same_result(moses_run, tiny_model_dir, t
     assert json.loads((tmp_path / "resumed" / "results.json").read_text())["completed"] == 1
     with pytest.raises(ConfigError, match="--resume"):
         run(config, echo=lambda *_: None)
-    with pytest.raises(CheckpointError, match="other settings \\(lr\\)"):
-        run(replace(config, lr=1e-3), resume=True, echo=lambda *_: None)
+    with pytest.raises(CheckpointError, match="other settings \\(epochs\\)"):
+        run(replace(config, epochs=2), resume=True, echo=lambda *_: None)
     resumed = run(config, resume=True, echo=lambda *_: None)
     assert resumed["R"] == uninterrupted["R"]
     assert [r["loss"] for r in resumed["train_log"]] == [r["loss"] for r in uninterrupted["train_log"]]

@@ -15,6 +15,9 @@ from moses.errors import DataError
 from moses.io import read_json, read_mapping, read_text
 
 METRIC_NAMES = ("exact_match", "first_char_accuracy", "rouge_l", "edit_similarity", "sari")
+# a prompt or answer longer than this is a broken file (a whole corpus on one line), not an example: prompts are
+# cut to a few hundred tokens anyway, and tokenising megabytes would stall the run for minutes
+MAX_FIELD_CHARS = 1_000_000
 
 
 class Example(TypedDict):
@@ -62,9 +65,21 @@ def read_examples(path: str | Path) -> list[Example]:
                 raise DataError(f"{path}: item {index} field {key!r} is not a string")
             if not item[key].strip():
                 raise DataError(f"{path}: item {index} field {key!r} is empty (nothing to learn or score)")
+            if len(item[key]) > MAX_FIELD_CHARS:
+                raise DataError(f"{path}: item {index} field {key!r} has {len(item[key]):,} characters (at most "
+                                f"{MAX_FIELD_CHARS:,}: is the file one example per item?)")
     if not items:
         raise DataError(f"{path}: holds no examples")
     return [{"prompt": item["prompt"], "answer": item["answer"]} for item in items]
+
+
+def check_unique(names: list[str], flag: str = "--tasks") -> None:
+    """A task trained twice in one stream would have two runs' state under one name."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{flag} names {name} twice; each task appears once in a stream")
+        seen.add(name)
 
 
 def load_manifest(path: str | Path, n_train: int | None = None, n_test: int | None = None) -> list[Task]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from moses.data.stream import Task, read_examples
+from moses.data.stream import Task, check_unique, read_examples
 from moses.errors import DataError
 
 TRACE_ORDER = ("C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm", "NumGLUE-ds", "20Minuten")
@@ -27,6 +27,7 @@ def load_trace(data_dir: str | Path, tasks: list[str] | None = None, n_train: in
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: TRACE data directory not found")
     names = list(tasks) if tasks else list(TRACE_ORDER)
+    check_unique(names)
     unknown = [n for n in names if n not in TRACE_METRICS]
     if unknown:
         raise DataError(f"unknown TRACE task(s) {', '.join(unknown)} (known: {', '.join(TRACE_ORDER)})")

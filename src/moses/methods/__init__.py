@@ -28,8 +28,8 @@ def make_method(name: str, options: dict[str, Any] | None = None) -> Method:
         raise ConfigError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
     options = dict(options or {})
     lr = options.pop("lr", None)
-    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0):
-        raise ConfigError(f"{name} option lr={lr!r}: must be a number > 0")
+    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < float("inf")):
+        raise ConfigError(f"{name} option lr={lr!r}: must be a finite number > 0")
     method = METHODS[name](**options)
     method.lr = lr
     return method

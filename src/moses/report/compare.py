@@ -14,7 +14,8 @@ from moses.methods import METHODS
 from moses.metrics.bootstrap import TaskScores, op_interval, paired_difference_interval
 from moses.report.plots import comparison_bars
 from moses.runner.config import RunConfig
-from moses.runner.run import read_results, run
+from moses.runner.lock import directory_lock
+from moses.runner.run import check_output, read_results, run
 
 COLUMNS = ("method", "OP", "OP 95% CI", "vs reference (95% CI)", "BWT", "FWT", "forgetting",
            "trainable_parameters", "stored_bytes", "owned entries per task", "median_step_seconds", "train_seconds",
@@ -33,7 +34,31 @@ def comparison_row(method: str, results: dict[str, Any]) -> dict[str, Any]:
             "forgetting": metrics.get("forgetting"), "trainable_parameters": results.get("trainable_parameters"),
             "stored_bytes": stored, "owned_entries": owned,
             "median_step_seconds": statistics.median(steps) if steps else None, "train_seconds": train,
-            "total_seconds": train + sum(results.get("eval_seconds", [])), "precision": results.get("precision")}
+            "total_seconds": train + sum(results.get("eval_seconds", [])), "precision": results.get("precision"),
+            "tasks": results.get("tasks"), "final_scores": _final_row(results), "zero_shot": results.get("zero_shot")}
+
+
+def _final_row(results: dict[str, Any]) -> list[float | None] | None:
+    """Each task's score after the last task (None: the run has not finished)."""
+    rows = results.get("R") or []
+    return rows[-1] if rows and results.get("completed") == len(results.get("tasks", [])) else None
+
+
+def per_task_markdown(rows: list[dict[str, Any]]) -> str:
+    """Each task's final score per method, the zero-shot row first: where a method wins or loses."""
+    tasks = next((r["tasks"] for r in rows if r.get("tasks")), None)
+    if not tasks:
+        return ""
+
+    def cells(values: list[float | None] | None) -> str:
+        return " | ".join("-" if v is None else f"{v:.1f}" for v in (values or [None] * len(tasks)))
+
+    lines = ["| final score | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    zero = next((r["zero_shot"] for r in rows if r.get("zero_shot")), None)
+    if zero:
+        lines.append(f"| (zero-shot) | {cells(zero)} |")
+    lines += [f"| {r['method']} | {cells(r.get('final_scores'))} |" for r in rows]
+    return "\n".join(lines)
 
 
 def final_scores(run_dir: Path) -> TaskScores | None:
@@ -109,6 +134,13 @@ def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=pri
         raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)}"
                           f"{'; variants: ' + ', '.join(config.variants) if config.variants else ''})")
     output = Path(config.output)
+    check_output(output)
+    with directory_lock(output):
+        return _compare_locked(config, methods, resume, echo, reference, output)
+
+
+def _compare_locked(config: RunConfig, methods: list[str], resume: bool, echo, reference: str,
+                    output: Path) -> list[dict[str, Any]]:
     rows, scores, zero_shot_from = [], {}, None
     for method in methods:
         method_config = config.for_method(method, str(output / method))
@@ -126,6 +158,6 @@ def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=pri
         scores[method] = final_scores(run_dir)
     add_intervals(rows, scores, reference if reference in methods else methods[0])
     atomic_write_text(output / "compare.json", json.dumps(rows, indent=2) + "\n")
-    atomic_write_text(output / "compare.md", comparison_markdown(rows) + "\n")
+    atomic_write_text(output / "compare.md", comparison_markdown(rows) + "\n\n" + per_task_markdown(rows) + "\n")
     comparison_bars(rows, output / "compare.png")
     return rows

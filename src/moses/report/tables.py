@@ -43,7 +43,10 @@ def report_markdown(results: dict[str, Any], title: str = "moses run") -> str:
         train, evaluation = sum(results["train_seconds"]), sum(results.get("eval_seconds", []))
         parts += [f"Training {train:.0f}s, evaluation {evaluation:.0f}s, {train + evaluation:.0f}s in all.", ""]
     capacity = results.get("capacity")
-    if capacity:
+    if capacity and "used_fraction" not in capacity:  # a LoRA family method: adapters and their bytes
+        parts += ["## Capacity", "", f"Stored {capacity.get('stored_bytes', 0):,} bytes"
+                  + (f" in {capacity['adapters']} adapter(s)." if "adapters" in capacity else "."), ""]
+    elif capacity:
         parts += ["## Capacity", "",
                   f"Pool used: {100 * capacity['used_fraction']:.1f}% of {capacity['pool_entries']:,} entries; "
                   f"stored {capacity['stored_bytes_raw']:,} bytes raw, {capacity['stored_bytes_compressed']:,} with "

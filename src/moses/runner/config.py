@@ -41,6 +41,7 @@ class RunConfig:
     epochs: int = 4
     batch_size: int = 8
     grad_accum: int = 1
+    max_grad_norm: float | None = None  # clip the gradient norm of every optimizer step to this (None: no)
     max_prompt_tokens: int = 320
     max_answer_tokens: int = 64
     seed: int = 0
@@ -68,8 +69,13 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise bad(name, "must be a positive integer or null (all)")
-        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
-            raise bad("lr", "must be a number > 0")
+        if (not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0
+                or self.lr == float("inf")):
+            raise bad("lr", "must be a finite number > 0")
+        norm = self.max_grad_norm
+        if norm is not None and (not isinstance(norm, (int, float)) or isinstance(norm, bool) or not norm > 0
+                                 or norm == float("inf")):
+            raise bad("max_grad_norm", "must be a finite number > 0 or null (no clipping)")
         if self.stream not in STREAMS:
             raise bad("stream", f"must be one of {', '.join(STREAMS)}")
         if self.stream == "trace" and not self.data_dir:

@@ -7,6 +7,7 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
+from moses import faults
 from moses.data.collate import generation_batches
 from moses.data.stream import Task
 from moses.data.trace import sari_source
@@ -34,6 +35,7 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                  pad_token_id=tokenizer.pad_token_id)
         answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        faults.reached("eval-batch")
     if state.num_processes == 1:
         return answers
     indexed = gather_object([(state.process_index + i * state.num_processes, a) for i, a in enumerate(answers)])

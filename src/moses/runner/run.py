@@ -5,20 +5,24 @@ run directory that survives interruption.
     <output>/results.json             R, zero-shot row, metrics, timings, capacity (rewritten atomically)
     <output>/train_log.jsonl          one row per optimizer step
     <output>/predictions/after-<i>-<task>.jsonl
-    <output>/checkpoints/<i>-<task>/  the method's state after task i (the last one is kept)
+    <output>/checkpoints/<i>-<task>/  the method's state after task i, verified on load (the two newest kept)
+    <output>/moses.lock               held by the process working in the directory
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from moses import faults
 from moses.data.demo import demo_stream
-from moses.data.stream import Task, load_manifest
+from moses.data.stream import Task, check_unique, load_manifest
 from moses.data.trace import load_trace
 from moses.errors import CheckpointError, ConfigError
 from moses.io import atomic_write_text, read_json
@@ -26,8 +30,16 @@ from moses.methods import Method, make_method
 from moses.metrics.continual import summarize
 from moses.models import load_model
 from moses.precision import accelerate_mixed_precision, resolve_precision
+from moses.runner.checkpoints import (
+    checkpoint_dir,
+    newest_good_checkpoint,
+    prune,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from moses.runner.config import RunConfig
 from moses.runner.evaluate import evaluate_task
+from moses.runner.lock import directory_lock
 from moses.runner.train import train_task
 
 CONFIG_FILE, RESULTS_FILE, LOG_FILE = "config.json", "results.json", "train_log.jsonl"
@@ -41,16 +53,13 @@ def build_stream(config: RunConfig) -> list[Task]:
     else:
         stream = load_manifest(config.manifest, config.n_train, config.n_test)
     if config.tasks:
+        check_unique(config.tasks)
         by_name = {t.name: t for t in stream}
         unknown = [n for n in config.tasks if n not in by_name]
         if unknown:
             raise ConfigError(f"unknown task(s) {', '.join(unknown)} (this stream has: {', '.join(by_name)})")
         stream = [by_name[n] for n in config.tasks]
     return stream
-
-
-def checkpoint_dir(output: Path, index: int, task: Task) -> Path:
-    return output / "checkpoints" / f"{index:02d}-{task.name}"
 
 
 def read_results(output: Path) -> dict[str, Any] | None:
@@ -82,19 +91,6 @@ def _write_predictions(output: Path, name: str, records: list[dict]) -> None:
                                                                         for r in records))
 
 
-def _save_checkpoint(method, output: Path, index: int, task: Task) -> None:
-    """Save into a temporary folder, then rename: a checkpoint folder is complete or absent."""
-    final = checkpoint_dir(output, index, task)
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    method.save(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for older in final.parent.iterdir():  # keep only the newest state: resuming needs nothing else
-        if older != final and not older.name.startswith("."):
-            shutil.rmtree(older)
-
-
 def _silent(*_: Any) -> None:
     pass
 
@@ -119,7 +115,7 @@ def _shared_zero_shot(config: RunConfig, source: Path | None, output: Path) -> l
     return results["zero_shot"]
 
 
-def _check_output(output: Path) -> None:
+def check_output(output: Path) -> None:
     """A run directory that can be written, or one clear error before any work starts."""
     for place in (output, *output.parents):
         if place.exists():
@@ -130,28 +126,60 @@ def _check_output(output: Path) -> None:
             return
 
 
+# settings a resumed run may change, e.g. after a non-finite loss: they act on the tasks still to train
+RESUMABLE_CHANGES = ("lr", "max_grad_norm")
+
+
+def _without_resumable(config: RunConfig) -> RunConfig:
+    def no_lr(options: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in options.items() if k != "lr"}
+
+    return replace(config, lr=1.0, max_grad_norm=None, method_options=no_lr(config.method_options),
+                   options_by_method={m: no_lr(o) for m, o in config.options_by_method.items()})
+
+
+def _check_resumable(output: Path, config: RunConfig) -> list[str]:
+    """The settings changed since the run started (only learning rates and clipping may change), or one
+    clear error naming the others."""
+    saved = RunConfig.from_dict(read_json(output / CONFIG_FILE, CheckpointError), str(output / CONFIG_FILE))
+    if _without_resumable(saved) != _without_resumable(config):
+        diffs = [k for k, v in _without_resumable(saved).to_dict().items()
+                 if _without_resumable(config).to_dict()[k] != v]
+        raise CheckpointError(f"{output / CONFIG_FILE}: the run was started with other settings "
+                              f"({', '.join(diffs)}); resume with the same ones (only "
+                              f"{', '.join(RESUMABLE_CHANGES)} and method lr options may change)")
+    return [k for k, v in saved.to_dict().items() if config.to_dict()[k] != v]
+
+
 def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Path | None = None,
         label: str | None = None) -> dict[str, Any]:
     """Train and evaluate the stream; with `resume`, continue after the last finished task. `zero_shot_from`:
     a run directory whose zero-shot row is reused when its evaluation settings match (moses compare);
-    `label` names the run in messages (a variant's name; default the method)."""
+    `label` names the run in messages (a variant's name; default the method). The output directory is
+    locked while the run works in it."""
+    from accelerate import PartialState
+
+    output = Path(config.output)
+    check_output(output)
+    tasks = build_stream(config)  # bad data or settings: one error before anything is written
+    method = _method(config)
+    main = PartialState(cpu=config.device == "cpu").is_main_process
+    with directory_lock(output) if main else nullcontext():
+        return _run_locked(config, tasks, method, resume, echo, zero_shot_from, label or config.method)
+
+
+def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bool, echo,
+                zero_shot_from: Path | None, label: str) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     output = Path(config.output)
-    label = label or config.method
-    _check_output(output)
     results = read_results(output)
     if results is not None and not resume and results.get("completed", 0) > 0:
         raise ConfigError(f"{output}: already holds a run; pass --resume to continue it or choose another --output")
-    if resume and results is not None:
-        saved = RunConfig.from_dict(read_json(output / CONFIG_FILE, CheckpointError), str(output / CONFIG_FILE))
-        if saved != config:
-            diffs = [k for k, v in saved.to_dict().items() if config.to_dict()[k] != v]
-            raise CheckpointError(f"{output / CONFIG_FILE}: the run was started with other settings "
-                                  f"({', '.join(diffs)}); resume with the same ones")
-    tasks = build_stream(config)
+    changed = _check_resumable(output, config) if resume and results is not None else []
+    if changed:
+        echo(f"[{label}] resuming with changed {', '.join(changed)}: they apply to the tasks still to train")
     names = [t.name for t in tasks]
-    method = _method(config)
     accelerator, precision, why = _accelerator(config)
     method.precision = precision
     main = accelerator.is_main_process
@@ -159,6 +187,8 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
         echo = _silent
     if main:
         output.mkdir(parents=True, exist_ok=True)
+        for stale in output.glob(".*.tmp"):  # a write torn by a crash; the file it was replacing is intact
+            stale.unlink(missing_ok=True)
         config.save(output / CONFIG_FILE)
     if results is None or not resume:
         results = {"method": config.method, "tasks": names, "completed": 0, "zero_shot": None,
@@ -169,10 +199,16 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
     echo(f"[{label}] loading {config.model} (precision {precision}: {why}) ...")
     base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
     completed = results["completed"]
+    last = None
     if completed:
-        last = checkpoint_dir(output, completed - 1, tasks[completed - 1])
-        if not last.is_dir():
-            raise CheckpointError(f"{last}: checkpoint of the last finished task is missing; cannot resume")
+        usable, last = newest_good_checkpoint(output, tasks, completed, lambda text: warnings.warn(text,
+                                                                                                 stacklevel=2))
+        if usable < completed:
+            echo(f"[{label}] resuming from {last or 'the base model'} instead: task(s) "
+                 f"{', '.join(names[usable:completed])} will be trained again")
+            _forget_tasks_from(results, usable, names)
+            completed = usable
+    if last is not None:
         model = method.load(base, tokenizer, last)
         method.restore(tasks, completed)
         echo(f"[{label}] resuming after task {completed}/{len(tasks)} ({names[completed - 1]})")
@@ -215,7 +251,7 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
         results["train_log"] = [r for r in results["train_log"] if r["task"] != task.name]
         results["train_log"] += [{"task": task.name, **row} for row in log]
         if main:
-            _save_checkpoint(method, output, i, task)
+            save_checkpoint(method, output, i, task)
         columns = list(range(len(tasks))) if config.fwt else list(range(i + 1))
         if config.eval_rows == "diagonal" and i < len(tasks) - 1:
             columns = [i]
@@ -237,10 +273,23 @@ def run(config: RunConfig, resume: bool = False, echo=print, zero_shot_from: Pat
                               if complete else None)
         if main:
             _write_results(output, results)
+            prune(output, i)
         scores = ", ".join(f"{names[j]} {row[j]:.1f}" for j in columns if j <= i)
         final = f", final loss {log[-1]['loss']:.3f}" if log else ""
         echo(f"[{label}] after {task.name}: {scores} ({results['train_seconds'][i]:.0f}s training{final})")
+        faults.reached("between-tasks")
     return results
+
+
+def _forget_tasks_from(results: dict[str, Any], usable: int, names: list[str]) -> None:
+    """Results as they were after `usable` tasks (their checkpoint is the newest one that verifies)."""
+    results["completed"] = usable
+    for key in ("R", "R_tail", "train_seconds", "capacity_history", "task_id_confusion", "task_id_accuracy"):
+        if key in results:
+            results[key] = results[key][:usable]
+    results["train_log"] = [r for r in results["train_log"] if r["task"] in names[:usable]]
+    results["capacity"] = results["capacity_history"][-1] if results.get("capacity_history") else None
+    results["metrics"] = None
 
 
 def task_id_confusion(method, tasks: list[Task], candidates: list[str]) -> dict[str, dict[str, int]] | None:
@@ -280,7 +329,11 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     accelerator, precision, _ = _accelerator(config)
     method.precision = precision
     base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
-    model = method.load(base, tokenizer, checkpoint_dir(output, completed - 1, stream[completed - 1]))
+    last = checkpoint_dir(output, completed - 1, stream[completed - 1])
+    problem = verify_checkpoint(last)
+    if problem:
+        raise CheckpointError(f"{last}: not usable ({problem}); `moses run --resume` retrains from the newest good one")
+    model = method.load(base, tokenizer, last)
     scores, records = {}, []
     for name in chosen:
         with method.inference_context(name if mode == "til" else None):

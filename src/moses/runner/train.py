@@ -3,6 +3,7 @@ their hooks; accelerate handles devices, processes and gradient accumulation."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import TYPE_CHECKING
@@ -10,9 +11,11 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from moses import faults
 from moses.data.collate import training_batch
 from moses.data.loss import answer_loss
 from moses.data.stream import Example
+from moses.errors import TrainingError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -23,11 +26,14 @@ if TYPE_CHECKING:
 
 def train_task(model, tokenizer, examples: list[Example], method: Method, config: RunConfig,
                accelerator: Accelerator, seed: int, description: str = "train") -> list[dict]:
-    """`config.epochs` seeded-shuffled passes over `examples` with a fresh AdamW over the method's groups.
-    Returns one log row per optimizer step: loss, learning rate, seconds."""
+    """`config.epochs` seeded-shuffled passes over `examples` with a fresh AdamW over the method's groups,
+    the gradient norm clipped to `config.max_grad_norm` when set. Returns one log row per optimizer step:
+    loss, learning rate, seconds. A non-finite loss or gradient norm stops the task before its optimizer
+    step (TrainingError naming the step): the weights stay as the last good step left them."""
     if not examples:  # e.g. zero-shot, or multitask before the last stage
         return []
     optimizer = torch.optim.AdamW(method.param_groups(method.lr or config.lr))
+    trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
     trained, optimizer = accelerator.prepare(model, optimizer)
     order = random.Random(seed)
     micro_batches = -(-len(examples) // config.batch_size)
@@ -57,8 +63,19 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
                     weighted = torch.stack([loss.detach() * len(shard), loss.new_tensor(float(len(shard)))])
                     loss_sum, count = accelerator.reduce(weighted, reduction="sum").tolist()
                     losses.append(loss_sum / count)  # the batch's loss over every process's examples
+                    step = len(log) + 1
+                    if not math.isfinite(losses[-1]):
+                        raise TrainingError(f"{description}: the loss is {losses[-1]} at step {step} of {steps}; "
+                                            "lower --lr or set --max-grad-norm, then rerun with --resume (the "
+                                            "tasks finished before this one are kept)")
+                    faults.reached("train-step")
                     if accelerator.sync_gradients:
                         method.before_optimizer_step()
+                        if config.max_grad_norm is not None:
+                            norm = float(accelerator.clip_grad_norm_(trained_parameters, config.max_grad_norm))
+                            if not math.isfinite(norm):
+                                raise TrainingError(f"{description}: the gradient norm is {norm} at step {step} "
+                                                    f"of {steps}; lower --lr, then rerun with --resume")
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 if accelerator.sync_gradients:
