@@ -69,7 +69,10 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=f"taking over the lock of process {pid}"), directory_lock(tmp_path):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
     assert not (tmp_path / LOCK_FILE).exists()  # released at the end
-    (tmp_path / LOCK_FILE).write_text("{not json")  # a lock torn by a crash is stale too
+    (tmp_path / LOCK_FILE).write_text("{not json")  # being written by a process taking it now: refused
+    with pytest.raises(LockError, match="being locked by another process"), directory_lock(tmp_path):
+        pass
+    os.utime(tmp_path / LOCK_FILE, (0, 0))  # the same lock, long after: torn by a crash, so stale
     with pytest.warns(UserWarning, match="unreadable lock"), directory_lock(tmp_path):
         pass
 

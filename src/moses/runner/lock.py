@@ -17,6 +17,14 @@ from pathlib import Path
 from moses.errors import LockError
 
 LOCK_FILE = "moses.lock"
+FRESH_SECONDS = 10.0  # an unreadable lock younger than this is one being written, not a stale one
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return FRESH_SECONDS
 
 
 def _alive(pid: int) -> bool:
@@ -55,6 +63,8 @@ def directory_lock(directory: str | Path) -> Iterator[None]:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _holder(path)
+            if holder is None and _age(path) < FRESH_SECONDS:  # being written by a process taking it right now
+                raise LockError(f"{directory} is being locked by another process; try again") from None
             same_host = holder is not None and holder.get("host") == me["host"]
             if holder is not None and (not same_host or _alive(holder["pid"])) and holder["pid"] != me["pid"]:
                 raise LockError(f"{directory} is in use by {_describe(holder)}; wait for it to finish or stop "
