@@ -15,7 +15,7 @@ from moses import cli
 from moses.errors import CheckpointError, ConfigError, LockError, StorageError, TrainingError
 from moses.io import atomic_write_text
 from moses.runner import train as train_module
-from moses.runner.checkpoints import verify_checkpoint
+from moses.runner.checkpoints import UNVERIFIED, verify_checkpoint
 from moses.runner.config import RunConfig
 from moses.runner.lock import LOCK_FILE, directory_lock
 from moses.runner.run import evaluate_run, run
@@ -198,8 +198,18 @@ def test_hand_edited_task_list_and_missing_manifest_are_detected(finished, tmp_p
     tasks_file = checkpoint / "moses_tasks.json"
     tasks_file.write_text(tasks_file.read_text().replace("alive", "alivf"))
     assert verify_checkpoint(checkpoint) == "moses_tasks.json does not match its checksum"
-    (checkpoint / "manifest.json").unlink()
-    assert "no manifest.json" in verify_checkpoint(checkpoint)
+    (checkpoint / "manifest.json").unlink()  # as a moses older than manifests wrote them
+    assert verify_checkpoint(checkpoint) == UNVERIFIED
+
+
+def test_a_checkpoint_from_before_manifests_still_resumes(finished, tiny_model_dir, tmp_path, monkeypatch):
+    _, uninterrupted = finished
+    config = tiny_config(tiny_model_dir, tmp_path / "old", epochs=2)
+    run_interrupted_in_second_task(config, monkeypatch)
+    (tmp_path / "old" / "checkpoints" / "00-alive" / "manifest.json").unlink()
+    with pytest.warns(UserWarning, match="00-alive: no manifest.json.*using it unverified"):
+        resumed = run(config, resume=True, echo=quiet)
+    assert resumed["R"] == uninterrupted["R"]
 
 
 def test_eval_refuses_a_damaged_final_checkpoint(finished, tmp_path):

@@ -18,6 +18,9 @@ from moses.io import atomic_write_text, fsync_directory, read_json
 
 MANIFEST = "manifest.json"
 KEEP = 2
+# a folder renamed into place is complete (moses never renamed a partial one), so one without a manifest was
+# written by a moses older than manifests: usable, but it cannot be verified
+UNVERIFIED = f"no {MANIFEST}: written before checkpoints were verified"
 
 
 def checkpoint_dir(output: Path, index: int, task: Task) -> Path:
@@ -57,7 +60,7 @@ def verify_checkpoint(directory: Path) -> str | None:
         return "missing"
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
-        return f"no {MANIFEST} (not written completely)"
+        return UNVERIFIED
     try:
         listed = read_json(manifest_path)["files"]
     except (ValueError, KeyError, TypeError):
@@ -80,7 +83,9 @@ def newest_good_checkpoint(output: Path, tasks: list[Task], completed: int,
     for index in range(completed - 1, -1, -1):
         directory = checkpoint_dir(output, index, tasks[index])
         problem = verify_checkpoint(directory)
-        if problem is None:
+        if problem == UNVERIFIED:
+            warn(f"checkpoint {directory}: {problem}; using it unverified")
+        if problem in (None, UNVERIFIED):
             return index + 1, directory
         if directory.exists() or index == completed - 1:
             warn(f"checkpoint {directory} is not usable ({problem})")

@@ -31,6 +31,7 @@ from moses.metrics.continual import summarize
 from moses.models import load_model
 from moses.precision import accelerate_mixed_precision, resolve_precision
 from moses.runner.checkpoints import (
+    UNVERIFIED,
     checkpoint_dir,
     newest_good_checkpoint,
     prune,
@@ -331,7 +332,9 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
     last = checkpoint_dir(output, completed - 1, stream[completed - 1])
     problem = verify_checkpoint(last)
-    if problem:
+    if problem == UNVERIFIED:
+        warnings.warn(f"checkpoint {last}: {problem}; using it unverified", stacklevel=2)
+    elif problem:
         raise CheckpointError(f"{last}: not usable ({problem}); `moses run --resume` retrains from the newest good one")
     model = method.load(base, tokenizer, last)
     scores, records = {}, []
