@@ -103,6 +103,46 @@ def test_own_init_previous_starts_from_the_previous_task():
     assert torch.equal(probe(model, "a"), ended) and not torch.equal(probe(model, "b"), ended)
     with pytest.raises(ConfigError, match="own_init"):
         MoSEsConfig(own_init="mean")
+    with pytest.raises(ConfigError, match="own_init='previous': needs ownership='subexperts'"):
+        MoSEsConfig(own_init="previous")
+
+
+def test_own_init_best_keeps_the_start_with_the_lowest_loss():
+    """Three tasks: b memorises batch 1, c memorises batch 2; task d, whose loss is b's batch, starts from b's
+    own subexperts (lower loss than fresh or a's or c's); task e, scored by a constant, keeps fresh (ties go
+    to fresh, delta 0)."""
+    base = build("llama")
+    with torch.no_grad():
+        base_logits = base(input_ids=PROBE["input_ids"]).logits
+    model = get_moses_model(base, dedicated_config(num_subexperts=10, own_init="best"))
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        train_task(model, name, steps=6, seed=seed)
+    target = random_batch(1000 + 1)  # the batch train_steps(seed=1) memorised: task b's
+    model.add_task("d")
+
+    def loss_on_b_batch() -> torch.Tensor:
+        return model(**target).loss
+
+    losses = {}
+    for source in (None, "a", "b", "c"):
+        model.start_own_subexperts(source)
+        losses[source] = loss_on_b_batch().item()
+    assert min(losses, key=losses.get) == "b"
+    assert model.choose_own_init(loss_on_b_batch) == 1 and model.own_init_sources[3] == 1
+    assert loss_on_b_batch().item() == pytest.approx(losses["b"])
+    layer = next(la for _, la in model.moses_layers())
+    assert torch.equal(layer.lora_A[6:8], layer.lora_A[2:4]) and torch.equal(layer.lora_B[6:8], layer.lora_B[2:4])
+    train_steps(model, steps=2, seed=3)  # the copies train; b's originals stay frozen
+    assert not torch.equal(layer.lora_B[6:8], layer.lora_B[2:4])
+    model.end_task()
+    model.add_task("e")
+    assert model.choose_own_init(lambda: torch.tensor(1.0)) is None  # nothing beats fresh
+    assert torch.equal(layer.lora_B[8:10], torch.zeros_like(layer.lora_B[8:10]))
+    assert torch.equal(probe(model), base_logits)  # fresh: the task starts at delta 0
+    model.end_task()
+    assert [t["own_init_from"] for t in model.capacity()["tasks"]] == [None, None, None, "b", None]
+    with pytest.raises(TaskError, match="needs ownership='subexperts' and a task being trained"):
+        model.start_own_subexperts("a")
 
 
 def test_dedicated_masks_are_stored_as_one_bit_per_subexpert(tmp_path):

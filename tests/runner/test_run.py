@@ -192,3 +192,15 @@ def test_variants_run_their_method_with_their_own_options(tmp_path):
         RunConfig(variants={"bad": {"lr": 0.1}})
     with pytest.raises(ConfigError, match="variants.moses: a variant cannot take the name of a method"):
         RunConfig(variants={"moses": {"method": "moses"}})
+
+
+def test_moses_own_init_best_chooses_a_start_per_task_in_a_run(tiny_model_dir, tmp_path):
+    options = {"ownership": "subexperts", "new_subexperts": 1, "rank": 2, "router_input": "subexperts",
+               "own_init": "best"}
+    results = run(tiny_config(tiny_model_dir, tmp_path / "best", epochs=2, method_options=options),
+                  echo=lambda *_: None)
+    tasks = results["capacity"]["tasks"]
+    assert tasks[0]["own_init_from"] is None and tasks[1]["own_init_from"] in (None, "alive")
+    assert results["metrics"]["BWT"] == 0.0
+    saved = json.loads((tmp_path / "best" / "checkpoints" / "01-size" / "moses_tasks.json").read_text())
+    assert saved["own_init_sources"] == [None, None if tasks[1]["own_init_from"] is None else 0]

@@ -41,6 +41,8 @@ def capacity_report(model: MoSEsModel) -> dict[str, Any]:
         if model.moses_config.ownership == "subexperts":  # how much the task borrows (R2)
             gates = [abs(la.transfer_gates[t].item()) for la in layers]
             per_task[-1]["transfer_gate_mean_abs"] = sum(gates) / len(gates)
+            source = model.own_init_sources[t] if t < len(model.own_init_sources) else None
+            per_task[-1]["own_init_from"] = None if source is None else model._task_names[source]
     used = sum(int(la.frozen_A.sum() + la.frozen_B.sum()) for la in layers)
     router_bytes = sum(p.numel() * p.element_size() for la in layers
                        for p in [*la.routers[:ended], *la.transfer_gates[:ended]])

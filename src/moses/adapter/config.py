@@ -47,7 +47,9 @@ class MoSEsConfig:
     the gate must be able to reach O(1) in a few dozen steps. `router_init="previous"` starts a new task's
     router as a copy of the previous task's. `own_init="previous"` (R2) starts a task's own subexperts as
     copies of the previous task's own ones instead of fresh (B = 0): a warm start, as sequential fine-tuning
-    has, without touching the originals.
+    has, without touching the originals. `own_init="best"` chooses per task, among fresh and a copy of each
+    earlier task's own subexperts, the start with the lowest loss on the task's first training examples
+    (forward passes only; `MoSEsModel.choose_own_init`): a warm start where one helps, delta 0 where none does.
     """
 
     num_subexperts: int = 8
@@ -120,8 +122,10 @@ class MoSEsConfig:
             raise bad("new_subexperts", f"must be an integer from 1 to num_subexperts ({self.num_subexperts})")
         if not isinstance(self.transfer_lr_scale, (int, float)) or self.transfer_lr_scale <= 0:
             raise bad("transfer_lr_scale", "must be > 0")
-        if self.own_init not in ("fresh", "previous"):
-            raise bad("own_init", "must be 'fresh' or 'previous'")
+        if self.own_init not in ("fresh", "previous", "best"):
+            raise bad("own_init", "must be 'fresh', 'previous' or 'best'")
+        if self.own_init != "fresh" and self.ownership != "subexperts":
+            raise bad("own_init", "needs ownership='subexperts' (a task owns whole subexperts only in R2)")
         if self.router_init not in ("random", "previous"):
             raise bad("router_init", "must be 'random' or 'previous'")
         if self.ownership == "subexperts" and self.load_balance_coef > 0:

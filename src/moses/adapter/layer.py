@@ -92,6 +92,7 @@ class MoSEsLayer(nn.Module):
         self.start_masks: tuple[torch.Tensor, torch.Tensor] | None = None  # R1: the training task's first mask
         self.aux_loss: torch.Tensor | None = None
         self._inference_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._fresh_own_A: tuple[int, torch.Tensor] | None = None  # R2: (task, its own A as first drawn)
         self.reset_parameters()
         if self.dedicated:  # R2 masks follow ownership, not scores
             self.scores_A.requires_grad_(False)
@@ -148,15 +149,23 @@ class MoSEsLayer(nn.Module):
         if self.dedicated:
             self.transfer_gates.append(nn.Parameter(torch.zeros((), device=device)))
 
-    def copy_previous_subexperts(self, task: int) -> None:
-        """R2 with own_init="previous": task `task` starts its own subexperts as copies of the previous task's,
-        so it starts from what the previous task learned (as sequential fine-tuning does) while both stay
-        isolated: the copies are new, trainable entries and the originals stay frozen."""
+    def start_own_subexperts(self, task: int, source: int | None) -> None:
+        """R2: task `task` starts its own subexperts as copies of task `source`'s own ones (a warm start, as
+        sequential fine-tuning has, while both stay isolated: the copies are new, trainable entries and the
+        originals stay frozen), or fresh when `source` is None: A as initialised, B = 0 (delta 0)."""
         n = self.new_subexperts
+        own = slice(task * n, (task + 1) * n)
         with torch.no_grad():
-            own, previous = slice(task * n, (task + 1) * n), slice((task - 1) * n, task * n)
-            self.lora_A[own] = self.lora_A[previous]
-            self.lora_B[own] = self.lora_B[previous]
+            if self._fresh_own_A is None or self._fresh_own_A[0] != task:  # the slot's A as first drawn
+                self._fresh_own_A = (task, self.lora_A[own].clone())
+            if source is None:
+                self.lora_A[own] = self._fresh_own_A[1]
+                self.lora_B[own] = 0.0
+            else:
+                if not 0 <= source < task:
+                    raise TaskError(f"task {task} can start from an earlier task's subexperts, not task {source}")
+                self.lora_A[own] = self.lora_A[source * n:(source + 1) * n]
+                self.lora_B[own] = self.lora_B[source * n:(source + 1) * n]
 
     # ---- task bookkeeping ----
     def task_mask(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:

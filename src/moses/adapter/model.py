@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ class MoSEsModel(nn.Module):
         self._task_names: list[str] = []
         self._ended = 0  # tasks 0.._ended-1 are ended (frozen)
         self.mask_moved: list[float | None] = []  # per ended task: share of its final mask not in its first
+        self.own_init_sources: list[int | None] = []  # R2: per task, whose own subexperts it started from
         targets = resolve_targets(model, config)
         for param in model.parameters():
             param.requires_grad_(False)
@@ -138,12 +139,38 @@ class MoSEsModel(nn.Module):
             elif self._task_names and config.ownership == "entries" and config.free_share > 0:
                 layer.reserve_free_entries(config.free_share)
             if self._task_names and config.ownership == "subexperts" and config.own_init == "previous":
-                layer.copy_previous_subexperts(len(self._task_names))
+                layer.start_own_subexperts(len(self._task_names), len(self._task_names) - 1)
             layer.start_task()
         self._task_names.append(name)
         index = len(self._task_names) - 1
+        previous = index - 1 if index and config.own_init == "previous" else None
+        self.own_init_sources = self.own_init_sources[:index] + [previous]
         self.context.training = self.context.active = index
         self.context.sample_tasks = None
+
+    def start_own_subexperts(self, source: str | int | None) -> None:
+        """R2: the training task's own subexperts start as copies of task `source`'s (None: fresh, delta 0)."""
+        task = self.context.training
+        if task is None or self.moses_config.ownership != "subexperts":
+            raise TaskError("start_own_subexperts() needs ownership='subexperts' and a task being trained")
+        index = None if source is None else self.task_index(source)
+        for _, layer in self.moses_layers():
+            layer.start_own_subexperts(task, index)
+        self.own_init_sources[task] = index
+
+    @torch.no_grad()
+    def choose_own_init(self, loss_of: Callable[[], torch.Tensor]) -> int | None:
+        """R2, own_init="best": try each start of the training task's own subexperts (fresh, then a copy of
+        each earlier task's), keep the one whose `loss_of()` (e.g. the loss on the task's first training
+        batch) is lowest, ties to the earliest, fresh first; returns its source task (None: fresh)."""
+        task = self.context.training
+        losses: dict[int | None, float] = {}
+        for source in [None, *range(task or 0)]:
+            self.start_own_subexperts(source)
+            losses[source] = float(loss_of())
+        best = min(losses, key=lambda s: losses[s])
+        self.start_own_subexperts(best)
+        return best
 
     def end_task(self) -> None:
         """Store the training task's masks (top-c of its scores) and router, then freeze them (E7)."""

@@ -56,7 +56,7 @@ def save_adapter(model: MoSEsModel, directory: str | Path) -> None:
     model.moses_config.save(directory, {"base_model_name_or_path": base_name,
                                        "resolved_target_modules": model.resolved_targets})
     tasks = {"tasks": model._task_names, "ended": model._ended, "training": model.training_task,
-             "active": model.active_task, "mask_moved": model.mask_moved}
+             "active": model.active_task, "mask_moved": model.mask_moved, "own_init_sources": model.own_init_sources}
     atomic_write_text(directory / TASKS_NAME, json.dumps(tasks, indent=2) + "\n")
 
 def load_adapter(cls: type[MoSEsModel], model: nn.Module, directory: str | Path,
@@ -128,6 +128,8 @@ def load_adapter_state(model: MoSEsModel, state: dict[str, torch.Tensor], tasks:
     model._ended = ended
     moved = tasks.get("mask_moved")
     model.mask_moved = list(moved) if isinstance(moved, list) else [None] * ended
+    sources = tasks.get("own_init_sources")
+    model.own_init_sources = list(sources) if isinstance(sources, list) else [None] * len(names)
     model.context.training = None if training is None else model.task_index(training)
     active = tasks.get("active")
     model.context.active = None if active is None else model.task_index(active)

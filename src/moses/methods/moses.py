@@ -11,13 +11,15 @@ import torch
 from torch import nn
 
 from moses.adapter import MoSEsConfig, MoSEsModel, get_moses_model
-from moses.data.collate import generation_batches
+from moses.data.collate import generation_batches, training_batch
+from moses.data.loss import answer_loss
 from moses.data.stream import Task
 from moses.errors import ConfigError
 from moses.methods.base import Method
 from moses.precision import autocast
 
 TAIL_RULES = ("prototype", "keys", "latest")
+SELECTION_EXAMPLES = 8  # own_init="best": the task's first training examples that choose its start
 
 
 class MoSEsMethod(Method):
@@ -43,6 +45,16 @@ class MoSEsMethod(Method):
 
     def on_task_start(self, task: Task, index: int) -> None:
         self.model.add_task(task.name)
+        if self.config.own_init == "best" and index > 0:
+            batch = training_batch(self.tokenizer, task.train[:SELECTION_EXAMPLES], self.max_prompt_tokens,
+                                   self.max_answer_tokens)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+
+            def first_batch_loss() -> torch.Tensor:
+                with autocast(self.precision, self.device.type):
+                    return answer_loss(self.model, batch)[0]
+
+            self.model.choose_own_init(first_batch_loss)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         return self.model.optimizer_param_groups(lr)
