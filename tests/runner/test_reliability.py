@@ -235,3 +235,17 @@ def test_run_refuses_a_second_process_through_the_cli_subprocess(tiny_model_dir,
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_compare_refuses_a_comparison_in_use(tiny_model_dir, tmp_path, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_lock(tmp_path / "cmp", holder.pid)
+        code = cli.main(["compare", "--methods", "zero-shot", "--model", tiny_model_dir, "--output",
+                         str(tmp_path / "cmp")])
+        assert code == 2
+        assert_one_error_line(capsys.readouterr().err, f"in use by process {holder.pid}")
+        assert not (tmp_path / "cmp" / "zero-shot").exists()  # refused before any run started
+    finally:
+        holder.kill()
+        holder.wait()
