@@ -22,7 +22,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> 
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["eval"], ["report"], ["models"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["eval"], ["report"], ["export"], ["models"]])
 def test_help(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0 and "usage: moses" in result.stdout
@@ -144,3 +144,36 @@ def test_run_of_a_lora_method_prints_its_report(tiny_model_dir, tmp_path, capsys
     out = capsys.readouterr().out
     stored = json.loads((tmp_path / "run" / "results.json").read_text())["capacity"]["stored_bytes"]
     assert "## Capacity" in out and f"Stored {stored:,} bytes in 1 adapter(s)." in out
+
+
+def test_export_writes_a_lora_that_peft_loads_to_the_same_logits(tiny_model_dir, tmp_path, capsys):
+    import torch
+    from peft import PeftModel
+
+    from moses.adapter import MoSEsModel
+    from moses.models import load_model
+
+    from conftest import assert_one_error_line
+
+    run_dir = tmp_path / "run"
+    common = ["--model", tiny_model_dir, "--n-train", "8", "--n-test", "4", "--epochs", "1", "--batch-size", "4",
+              "--device", "cpu", "--precision", "fp32"]
+    assert main(["run", *common, "--output", str(run_dir), "--option", "routing=task"]) == 0
+    assert main(["export", str(run_dir), "--task", "alive", "--output", str(tmp_path / "lora")]) == 0
+    ids = torch.tensor([[5, 17, 33, 2, 9]])
+    moses = MoSEsModel.from_pretrained(load_model(tiny_model_dir)[0], run_dir / "checkpoints" / "01-size")
+    moses.set_task("alive")
+    peft_model = PeftModel.from_pretrained(load_model(tiny_model_dir)[0], str(tmp_path / "lora")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(input_ids=ids).logits, moses(input_ids=ids).logits, atol=1e-5,
+                                   rtol=1e-4)
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--task", "nope", "--output", str(tmp_path / "x")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "unknown task 'nope'")
+    token_run = tmp_path / "token"
+    assert main(["run", *common, "--output", str(token_run)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(token_run), "--task", "alive", "--output", str(tmp_path / "y")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "is token-routed (routing='token')")
+    assert main(["export", str(tmp_path), "--task", "alive", "--output", str(tmp_path / "z")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "neither a run directory")

@@ -177,6 +177,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from moses.runner.export import export_task
+
+    out = export_task(Path(args.source), args.task, Path(args.output), args.model)
+    print(f"task {args.task!r} written to {out} as a peft LoRA adapter (PeftModel.from_pretrained(base, {str(out)!r}))")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from moses.models import available_models
 
@@ -231,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
                                  "metrics, capacity, TaIL results, plots) for a run.")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
+
+    export = commands.add_parser("export", help="one task as a standard peft LoRA adapter",
+                                 description="Write one task of a MoSEs run (its last checkpoint) or adapter as a "
+                                 "peft LoRA adapter (adapter_config.json, adapter_model.safetensors) that peft, vLLM, "
+                                 "TGI and LoRAX load. Needs routing='task' (input-independent gates): a token-routed "
+                                 "task has no exact LoRA.")
+    export.add_argument("source", help="a run directory or a MoSEs adapter directory")
+    export.add_argument("--task", required=True, help="the task to export")
+    export.add_argument("--output", required=True, help="directory for the LoRA adapter")
+    export.add_argument("--model", help="base model (default: the run's, or the adapter's base_model_name_or_path)")
+    export.set_defaults(func=_export)
 
     models = commands.add_parser("models", help="list the models that load without a download",
                                  description="List built-in models whose weights package is installed and causal "

@@ -15,6 +15,7 @@ from torch import nn
 
 from moses.adapter.capacity import capacity_report
 from moses.adapter.config import ATTENTION_TARGETS_BY_MODEL_TYPE, DEFAULT_TARGETS, MoSEsConfig
+from moses.adapter.export import export_task_lora
 from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext, check_free_subexperts
 from moses.adapter.save_load import adapter_state_dict, load_adapter, save_adapter
 from moses.adapter.taskid import TaskPrototypes, embed_prompts
@@ -350,6 +351,10 @@ class MoSEsModel(nn.Module):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor the adapter needs, keyed by module name; masks bit-packed (uint8)."""
         return adapter_state_dict(self)
+
+    def export_task_lora(self, name: str | int, directory: str | Path) -> Path:
+        """Task `name` as a standard peft LoRA adapter in `directory` (routing='task' only; adapter/export.py)."""
+        return export_task_lora(self, name, directory)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write adapter_config.json, adapter_model.safetensors and moses_tasks.json, each atomically."""
