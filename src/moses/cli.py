@@ -185,6 +185,19 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from moses.serve import Engine, create_app
+
+    engine = Engine.load(args.source, args.model, args.precision, args.device, args.max_prompt_tokens)
+    app = create_app(engine, args.max_batch, args.batch_window_ms / 1000, args.queue_limit)
+    print(f"serving {len(engine.tasks)} task(s) ({', '.join(engine.tasks)}), 'auto' and the base model "
+          f"{engine.base_name!r} in {engine.precision} on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from moses.models import available_models
 
@@ -250,6 +263,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="directory for the LoRA adapter")
     export.add_argument("--model", help="base model (default: the run's, or the adapter's base_model_name_or_path)")
     export.set_defaults(func=_export)
+
+    serve = commands.add_parser("serve", help="an OpenAI-compatible server for every task of a run or adapter",
+                                description="Serve a MoSEs run (its last checkpoint) or adapter over HTTP in the "
+                                "OpenAI format: /v1/completions and /v1/chat/completions with model = a task name "
+                                "(TIL), 'auto' (the task is inferred from the prompt) or the base model's name; "
+                                "/v1/models, /v1/adapters/reload, /health, /metrics. Requests that arrive together "
+                                "are batched into one forward even when their tasks differ.")
+    serve.add_argument("source", help="a run directory or a MoSEs adapter directory")
+    serve.add_argument("--model", help="base model (default: the run's, or the adapter's base_model_name_or_path)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_typed(int), default=8000)
+    serve.add_argument("--precision", default="auto", help="auto, bf16 or fp32 (as for runs)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    serve.add_argument("--max-batch", type=_typed(int), default=16, help="requests per generation batch")
+    serve.add_argument("--batch-window-ms", type=_typed(float), default=10.0,
+                       help="how long the first waiting request waits for others to join its batch")
+    serve.add_argument("--queue-limit", type=_typed(int), default=64, help="waiting requests before 429")
+    serve.add_argument("--max-prompt-tokens", type=_typed(int), default=1024, help="prompt tokens kept (left cut)")
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(func=_serve)
 
     models = commands.add_parser("models", help="list the models that load without a download",
                                  description="List built-in models whose weights package is installed and causal "

@@ -1,0 +1,88 @@
+"""Requests that arrive together become one batch: the first waiting request opens a window of
+`window_seconds`; every request that arrives within it (up to `max_batch`) joins, whatever its task. The batch
+runs in a worker thread, so the server keeps accepting requests meanwhile. More than `queue_limit` waiting
+requests is an overload (the server answers 429)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from moses.serve.engine import Engine, GenerationRequest, GenerationResult
+
+
+class Overloaded(Exception):
+    """The queue is full."""
+
+
+@dataclass
+class _Pending:
+    request: GenerationRequest
+    future: asyncio.Future
+    queued_at: float
+
+
+class Batcher:
+    def __init__(self, engine: Engine, max_batch: int = 16, window_seconds: float = 0.01, queue_limit: int = 64,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.engine = engine  # replaced by a reload; a running batch keeps the engine it started with
+        self.max_batch, self.window_seconds, self.queue_limit = max_batch, window_seconds, queue_limit
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def submit(self, request: GenerationRequest) -> GenerationResult:
+        if self._queue is None:
+            raise RuntimeError("the batcher is not started")
+        if self.waiting >= self.queue_limit:
+            raise Overloaded(f"{self.waiting} requests are waiting (queue limit {self.queue_limit}); retry later")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(request, future, time.perf_counter()))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.window_seconds
+            while len(batch) < self.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            live = [p for p in batch if not p.future.done()]  # a client may have gone away
+            if not live:
+                continue
+            engine = self.engine
+            if self.on_batch is not None:
+                self.on_batch(len(live))
+            try:
+                results = await loop.run_in_executor(None, engine.generate, [p.request for p in live])
+            except Exception as err:  # noqa: BLE001 - every waiting request gets the error, the worker goes on
+                for pending in live:
+                    if not pending.future.done():
+                        pending.future.set_exception(err)
+                continue
+            for pending, result in zip(live, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)

@@ -1,0 +1,154 @@
+"""Generation for a batch of requests whose tasks may differ: one forward per step for all of them, each sample
+through its own task's masks and router (MoSEsModel's per-sample task ids). A request names a task (TIL), the
+base model (no adapter) or AUTO (the task is inferred from its prompt by the adapter's TaIL rule)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from moses.data.collate import generation_batch
+from moses.errors import TaskError
+from moses.precision import autocast, resolve_precision
+
+AUTO = "auto"
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    task: str | None = AUTO  # a task name, None for the base model, or AUTO
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    task: str | None  # the task that answered (AUTO resolved), None for the base model
+    finish_reason: str  # "stop" (end of text or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    pieces: list[str]  # the text as it grew token by token (what a stream sends); "".join(pieces) == text
+
+
+class Engine:
+    """A MoSEs model, its tokenizer and how to run it; `generate` answers a batch of requests."""
+
+    def __init__(self, model, tokenizer, base_name: str, precision: str = "fp32", max_prompt_tokens: int = 1024,
+                 source: str | None = None) -> None:
+        self.model, self.tokenizer, self.base_name = model, tokenizer, base_name
+        self.precision, self.max_prompt_tokens, self.source = precision, max_prompt_tokens, source
+        self.model.eval()
+
+    @classmethod
+    def load(cls, source: str | Path, model_name: str | None = None, precision: str = "auto",
+             device: str = "cpu", max_prompt_tokens: int = 1024) -> Engine:
+        """From a run directory (its last checkpoint) or a MoSEs adapter directory."""
+        from moses.adapter import MoSEsModel
+        from moses.models import load_model
+        from moses.runner.export import resolve_adapter
+
+        adapter, model_name = resolve_adapter(Path(source), model_name)
+        chosen, _ = resolve_precision(precision, torch.device(device).type)
+        base, tokenizer = load_model(model_name, device=device)
+        return cls(MoSEsModel.from_pretrained(base, adapter), tokenizer, model_name, chosen, max_prompt_tokens,
+                   str(source))
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.model.tasks
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check_task(self, task: str | None) -> None:
+        """A TaskError naming the known tasks when `task` is none of them (nor AUTO, nor the base model)."""
+        if task not in (None, AUTO) and task not in self.tasks:
+            raise TaskError(f"unknown task {task!r} (tasks: {', '.join(self.tasks)}; or {AUTO!r}, or the base "
+                            f"model {self.base_name!r})")
+
+    def task_indices(self, requests: list[GenerationRequest]) -> list[int]:
+        """Each request's task index (-1: the base model); AUTO prompts go through TaIL together."""
+        for request in requests:
+            self.check_task(request.task)
+        indices = [-1 if r.task is None else (self.tasks.index(r.task) if r.task != AUTO else -2) for r in requests]
+        auto = [i for i, index in enumerate(indices) if index == -2]
+        if auto:
+            batch = self._batch([requests[i].prompt for i in auto])
+            with torch.no_grad(), autocast(self.precision, self.device.type):
+                inferred = self.model.infer_tasks(batch["input_ids"], batch["attention_mask"]).tolist()
+            for i, index in zip(auto, inferred, strict=True):
+                indices[i] = index
+        return indices
+
+    def _batch(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        batch = generation_batch(self.tokenizer, prompts, self.max_prompt_tokens)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Answers in request order. Greedy requests share one batch whatever their tasks; sampled ones are
+        batched by (temperature, top_p, seed), since one generate call samples with one setting."""
+        indices = self.task_indices(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):
+            key = ("greedy",) if request.temperature == 0 else (request.temperature, request.top_p, request.seed)
+            groups.setdefault(key, []).append(i)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for key, members in groups.items():
+            for i, result in zip(members, self._generate_group(key, [requests[i] for i in members],
+                                                               [indices[i] for i in members]), strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _generate_group(self, key: tuple, requests: list[GenerationRequest],
+                        indices: list[int]) -> list[GenerationResult]:
+        batch = self._batch([r.prompt for r in requests])
+        sampling = {"do_sample": False} if key == ("greedy",) else {
+            "do_sample": True, "temperature": requests[0].temperature, "top_p": requests[0].top_p}
+        if key != ("greedy",) and requests[0].seed is not None:
+            torch.manual_seed(requests[0].seed)
+        with autocast(self.precision, self.device.type):
+            out = self.model.generate(**batch, task_ids=torch.tensor(indices), max_new_tokens=max(
+                r.max_tokens for r in requests), pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        width = batch["input_ids"].shape[1]
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+        return [self._result(request, out[row, width:].tolist(), index, prompt_tokens[row])
+                for row, (request, index) in enumerate(zip(requests, indices, strict=True))]
+
+    def _result(self, request: GenerationRequest, ids: list[int], index: int, prompt_tokens: int) -> GenerationResult:
+        eos = self.tokenizer.eos_token_id
+        ids = ids[: request.max_tokens]
+        finish = "length"
+        if eos in ids:
+            ids, finish = ids[: ids.index(eos)], "stop"
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        pieces, emitted = [], ""
+        for k in range(len(ids)):  # the text after each token; a byte-level token may end mid-character ("\ufffd")
+            grown = self.tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+            if grown.endswith("\ufffd") or not grown.startswith(emitted) or not text.startswith(grown):
+                continue
+            if len(grown) > len(emitted):
+                pieces.append(grown[len(emitted):])
+                emitted = grown
+        if len(text) > len(emitted):
+            pieces.append(text[len(emitted):])
+        cut = min((text.find(s) for s in request.stop if s and s in text), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+            kept, length = [], 0
+            for piece in pieces:
+                if length >= cut:
+                    break
+                kept.append(piece[: cut - length])
+                length += len(kept[-1])
+            pieces = kept
+        return GenerationResult(text=text, task=None if index < 0 else self.tasks[index], finish_reason=finish,
+                                prompt_tokens=int(prompt_tokens), completion_tokens=len(ids), pieces=pieces)
