@@ -204,3 +204,30 @@ def test_reload_adds_a_task_without_a_restart(run_dir, tiny_model_dir):
         assert answer.model == "size"
         metrics = http("GET", server.url + "/metrics")[1]
         assert 'moses_requests_total{status="ok",task="size"} 1.0' in metrics
+
+
+def test_a_stream_delivers_tokens_while_the_batch_is_still_generating(served):
+    """Tokens reach the stream as they are made (the batcher's queue), before the whole answer exists."""
+    import asyncio
+
+    from moses.serve.batcher import Batcher
+    from moses.serve.engine import GenerationRequest
+
+    _, engine = served
+    prompt = demo_stream(n_test=4)[0].test[0]["prompt"]
+
+    async def first_token_before_the_end() -> bool:
+        batcher = Batcher(engine, window_seconds=0.0)
+        batcher.start()
+        try:
+            tokens, future = batcher.submit_streaming(GenerationRequest(prompt, None, max_tokens=48, temperature=0))
+            first = await tokens.get()
+            early = first is not None and not future.done()
+            while await tokens.get() is not None:
+                pass
+            await future
+            return early
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(first_token_before_the_end())

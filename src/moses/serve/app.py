@@ -150,16 +150,43 @@ def create_app(engine: Engine, max_batch: int = 16, window_seconds: float = 0.01
     def stops(stop: str | list[str] | None) -> list[str]:
         return [stop] if isinstance(stop, str) else list(stop or [])
 
+    async def streamed(requests: list[GenerationRequest], chunk, opening: bool = False) -> AsyncIterator[dict]:
+        """Submit streaming requests now (a full queue is a 429 before the stream starts) and return the chunks
+        as their tokens are generated: `chunk(index, model, text, finish_reason)`; with `opening`, first a chunk
+        of text None (chat's role chunk). AUTO is resolved first, so every chunk names the answering task."""
+        engine = batcher.engine
+        indices = await asyncio.get_running_loop().run_in_executor(None, engine.task_indices, requests)
+        for request, index in zip(requests, indices, strict=True):
+            request.task = None if index < 0 else engine.tasks[index]
+        began = time.perf_counter()
+        submitted = [batcher.submit_streaming(r) for r in requests]
+
+        async def chunks() -> AsyncIterator[dict]:
+            for i, (request, (tokens, future)) in enumerate(zip(requests, submitted, strict=True)):
+                model = request.task or engine.base_name
+                if opening:
+                    yield chunk(i, model, None, None)
+                async for item in stream_text(engine.tokenizer, request, tokens, future):
+                    if isinstance(item, GenerationResult):
+                        metrics.answered(item, time.perf_counter() - began)
+                        yield chunk(i, model, "", item.finish_reason)
+                    else:
+                        yield chunk(i, model, item, None)
+
+        return chunks()
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         task = task_of(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         requests = [GenerationRequest(p, task, body.max_tokens, body.temperature, body.top_p, stops(body.stop),
                                       body.seed) for p in prompts]
-        answered = await answer(requests)
         ident = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
-            return sse(completion_chunks(ident, created, answered, model_name))
+            return sse(await streamed(requests, lambda i, model, text, finish: {
+                "id": ident, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}]}))
+        answered = await answer(requests)
         usage = {"prompt_tokens": sum(r.prompt_tokens for r, _ in answered),
                  "completion_tokens": sum(r.completion_tokens for r, _ in answered)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -177,10 +204,15 @@ def create_app(engine: Engine, max_batch: int = 16, window_seconds: float = 0.01
                                                add_generation_prompt=True)
         limit = body.max_completion_tokens or body.max_tokens or 16
         request = GenerationRequest(prompt, task, limit, body.temperature, body.top_p, stops(body.stop), body.seed)
-        ((result, _),) = await answer([request])
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
-            return sse(chat_chunks(ident, created, result, model_name(result)))
+            def chunk(i: int, model: str, text: str | None, finish: str | None) -> dict[str, Any]:
+                delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+                return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
+
+            return sse(await streamed([request], chunk, opening=True))
+        ((result, _),) = await answer([request])
         return {"id": ident, "object": "chat.completion", "created": created, "model": model_name(result),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                              "finish_reason": result.finish_reason}],
@@ -221,33 +253,49 @@ def create_app(engine: Engine, max_batch: int = 16, window_seconds: float = 0.01
     return app
 
 
+async def stream_text(tokenizer, request: GenerationRequest, tokens: asyncio.Queue,
+                      future: asyncio.Future) -> AsyncIterator[str | GenerationResult]:
+    """The request's text as its tokens arrive, in pieces, then its GenerationResult. A piece is sent once it
+    can no longer change: not ending inside a character, and not possibly the start of a stop string."""
+    eos, ids, emitted, finished = tokenizer.eos_token_id, [], "", False
+    hold = max((len(s) for s in request.stop if s), default=1) - 1
+    while (token := await tokens.get()) is not None:
+        if finished:
+            continue
+        if token == eos or len(ids) >= request.max_tokens:
+            finished = True
+            continue
+        ids.append(token)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            continue
+        cut = min((text.find(s) for s in request.stop if s and s in text), default=-1)
+        if cut >= 0:
+            text, finished = text[:cut], True
+        ready = text if finished else text[: max(len(emitted), len(text) - hold)]
+        if ready.startswith(emitted) and len(ready) > len(emitted):
+            yield ready[len(emitted):]
+            emitted = ready
+    result = await future
+    if result.text.startswith(emitted) and len(result.text) > len(emitted):
+        yield result.text[len(emitted):]
+    yield result
+
+
 def sse(events: AsyncIterator[dict[str, Any]] | list[dict[str, Any]]) -> StreamingResponse:
     """Server-sent events: `data: {chunk}` for each chunk, then `data: [DONE]`."""
 
     async def stream():
-        for event in events:
-            yield f"data: {json.dumps(event)}\n\n"
+        try:
+            if isinstance(events, list):
+                for event in events:
+                    yield f"data: {json.dumps(event)}\n\n"
+            else:
+                async for event in events:
+                    yield f"data: {json.dumps(event)}\n\n"
+        except Exception as err:  # noqa: BLE001 - the status line is sent: the error goes into the stream
+            error = {"message": str(err), "type": "server_error", "param": None, "code": None}
+            yield f"data: {json.dumps({'error': error})}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream")
-
-
-def completion_chunks(ident: str, created: int, answered, model_name) -> list[dict[str, Any]]:
-    chunks = []
-    for index, (result, _) in enumerate(answered):
-        base = {"id": ident, "object": "text_completion", "created": created, "model": model_name(result)}
-        chunks += [{**base, "choices": [{"index": index, "text": piece, "logprobs": None, "finish_reason": None}]}
-                   for piece in result.pieces]
-        chunks.append({**base, "choices": [{"index": index, "text": "", "logprobs": None,
-                                            "finish_reason": result.finish_reason}]})
-    return chunks
-
-
-def chat_chunks(ident: str, created: int, result: GenerationResult, model: str) -> list[dict[str, Any]]:
-    base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
-
-    def chunk(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
-        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-    return ([chunk({"role": "assistant", "content": ""})] + [chunk({"content": piece}) for piece in result.pieces]
-            + [chunk({}, result.finish_reason)])

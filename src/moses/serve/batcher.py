@@ -23,6 +23,7 @@ class _Pending:
     request: GenerationRequest
     future: asyncio.Future
     queued_at: float
+    tokens: asyncio.Queue | None = None  # streaming: each generated token id as it is made, then None
 
 
 class Batcher:
@@ -49,13 +50,22 @@ class Batcher:
         return self._queue.qsize() if self._queue is not None else 0
 
     async def submit(self, request: GenerationRequest) -> GenerationResult:
+        return await self._enqueue(request, stream=False).future
+
+    def submit_streaming(self, request: GenerationRequest) -> tuple[asyncio.Queue, asyncio.Future]:
+        """(queue of the token ids as they are generated, ended by None; future of the whole result)."""
+        pending = self._enqueue(request, stream=True)
+        return pending.tokens, pending.future
+
+    def _enqueue(self, request: GenerationRequest, stream: bool) -> _Pending:
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
         if self.waiting >= self.queue_limit:
             raise Overloaded(f"{self.waiting} requests are waiting (queue limit {self.queue_limit}); retry later")
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(request, future, time.perf_counter()))
-        return await future
+        pending = _Pending(request, asyncio.get_running_loop().create_future(), time.perf_counter(),
+                           asyncio.Queue() if stream else None)
+        self._queue.put_nowait(pending)
+        return pending
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -76,13 +86,21 @@ class Batcher:
             engine = self.engine
             if self.on_batch is not None:
                 self.on_batch(len(live))
+            def on_token(row: int, token: int, live=live) -> None:  # from the generation thread
+                if live[row].tokens is not None:
+                    loop.call_soon_threadsafe(live[row].tokens.put_nowait, token)
+
+            streams = any(p.tokens is not None for p in live)
             try:
-                results = await loop.run_in_executor(None, engine.generate, [p.request for p in live])
+                results = await loop.run_in_executor(None, engine.generate, [p.request for p in live],
+                                                     on_token if streams else None)
             except Exception as err:  # noqa: BLE001 - every waiting request gets the error, the worker goes on
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(err)
-                continue
+                results = [err] * len(live)
             for pending, result in zip(live, results, strict=True):
                 if not pending.future.done():
-                    pending.future.set_result(result)
+                    if isinstance(result, Exception):
+                        pending.future.set_exception(result)
+                    else:
+                        pending.future.set_result(result)
+                if pending.tokens is not None:  # after every token: call_soon_threadsafe keeps their order
+                    pending.tokens.put_nowait(None)

@@ -4,16 +4,36 @@ base model (no adapter) or AUTO (the task is inferred from its prompt by the ada
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from moses.data.collate import generation_batch
 from moses.errors import TaskError
 from moses.precision import autocast, resolve_precision
 
 AUTO = "auto"
+TokenCallback = Callable[[int, int], None]  # (request index in the batch, token id), called as tokens are made
+
+
+class _StepStreamer(BaseStreamer):
+    """Hands each generation step's new token of every row to `on_token` (generate's first put is the prompt)."""
+
+    def __init__(self, rows: list[int], on_token: TokenCallback) -> None:
+        self.rows, self.on_token, self.prompt_seen = rows, on_token, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, token in zip(self.rows, value.reshape(-1).tolist(), strict=True):
+            self.on_token(row, token)
+
+    def end(self) -> None:
+        pass
 
 
 @dataclass
@@ -34,7 +54,6 @@ class GenerationResult:
     finish_reason: str  # "stop" (end of text or a stop string) or "length"
     prompt_tokens: int
     completion_tokens: int
-    pieces: list[str]  # the text as it grew token by token (what a stream sends); "".join(pieces) == text
 
 
 class Engine:
@@ -93,9 +112,11 @@ class Engine:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.no_grad()
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def generate(self, requests: list[GenerationRequest],
+                 on_token: TokenCallback | None = None) -> list[GenerationResult]:
         """Answers in request order. Greedy requests share one batch whatever their tasks; sampled ones are
-        batched by (temperature, top_p, seed), since one generate call samples with one setting."""
+        batched by (temperature, top_p, seed), since one generate call samples with one setting. `on_token`
+        sees every generated token as it is made (streaming), before the results are returned."""
         indices = self.task_indices(requests)
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
@@ -103,13 +124,14 @@ class Engine:
             groups.setdefault(key, []).append(i)
         results: list[GenerationResult | None] = [None] * len(requests)
         for key, members in groups.items():
+            streamer = _StepStreamer(members, on_token) if on_token is not None else None
             for i, result in zip(members, self._generate_group(key, [requests[i] for i in members],
-                                                               [indices[i] for i in members]), strict=True):
+                                                               [indices[i] for i in members], streamer), strict=True):
                 results[i] = result
         return results  # type: ignore[return-value]
 
-    def _generate_group(self, key: tuple, requests: list[GenerationRequest],
-                        indices: list[int]) -> list[GenerationResult]:
+    def _generate_group(self, key: tuple, requests: list[GenerationRequest], indices: list[int],
+                        streamer: BaseStreamer | None = None) -> list[GenerationResult]:
         batch = self._batch([r.prompt for r in requests])
         sampling = {"do_sample": False} if key == ("greedy",) else {
             "do_sample": True, "temperature": requests[0].temperature, "top_p": requests[0].top_p}
@@ -117,7 +139,8 @@ class Engine:
             torch.manual_seed(requests[0].seed)
         with autocast(self.precision, self.device.type):
             out = self.model.generate(**batch, task_ids=torch.tensor(indices), max_new_tokens=max(
-                r.max_tokens for r in requests), pad_token_id=self.tokenizer.pad_token_id, **sampling)
+                r.max_tokens for r in requests), pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
+                **sampling)
         width = batch["input_ids"].shape[1]
         prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
         return [self._result(request, out[row, width:].tolist(), index, prompt_tokens[row])
@@ -130,25 +153,8 @@ class Engine:
         if eos in ids:
             ids, finish = ids[: ids.index(eos)], "stop"
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        pieces, emitted = [], ""
-        for k in range(len(ids)):  # the text after each token; a byte-level token may end mid-character ("\ufffd")
-            grown = self.tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
-            if grown.endswith("\ufffd") or not grown.startswith(emitted) or not text.startswith(grown):
-                continue
-            if len(grown) > len(emitted):
-                pieces.append(grown[len(emitted):])
-                emitted = grown
-        if len(text) > len(emitted):
-            pieces.append(text[len(emitted):])
         cut = min((text.find(s) for s in request.stop if s and s in text), default=-1)
         if cut >= 0:
             text, finish = text[:cut], "stop"
-            kept, length = [], 0
-            for piece in pieces:
-                if length >= cut:
-                    break
-                kept.append(piece[: cut - length])
-                length += len(kept[-1])
-            pieces = kept
         return GenerationResult(text=text, task=None if index < 0 else self.tasks[index], finish_reason=finish,
-                                prompt_tokens=int(prompt_tokens), completion_tokens=len(ids), pieces=pieces)
+                                prompt_tokens=int(prompt_tokens), completion_tokens=len(ids))
