@@ -1,0 +1,148 @@
+"""Serving throughput and latency of `moses serve` (a real server in its own process, called with the official
+`openai` client from client threads): tokens per second and p50 / p95 request latency at several numbers of
+concurrent clients, with the requests spread over the run's tasks (mixed) against all of them sent to one
+task (single), and against the same prompts sent one request at a time (sequential). The modes take turns
+for several rounds; each ratio is the median over rounds of the ratio within a round.
+
+    python benchmarks/serve.py --source runs/trace-proxy/moses [--clients 1,4,16] [--requests 4] [--rounds 2]
+
+Issue 14's targets: at 16 clients, mixed-task throughput >= 0.8x single-task and >= 3x one-at-a-time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import write_results
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit("the server did not come up")
+
+
+def prompts_of(source: Path, per_task: int) -> dict[str, list[str]]:
+    from moses.runner.config import RunConfig
+    from moses.runner.run import build_stream
+
+    config = RunConfig.from_dict(json.loads((source / "config.json").read_text()), str(source / "config.json"))
+    return {task.name: [e["prompt"] for e in task.test[:per_task]] for task in build_stream(config)}
+
+
+def one_mode(client, jobs: list[tuple[str, str]], clients: int, max_tokens: int) -> dict:
+    """`jobs` (task, prompt) sent by `clients` threads, each one request at a time."""
+    latencies, tokens = [], []
+
+    def send(job: tuple[str, str]) -> None:
+        began = time.perf_counter()
+        reply = client.completions.create(model=job[0], prompt=job[1], max_tokens=max_tokens, temperature=0)
+        latencies.append(time.perf_counter() - began)
+        tokens.append(reply.usage.completion_tokens)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(send, jobs))
+    wall = time.perf_counter() - began
+    ordered = sorted(latencies)
+    return {"wall_s": wall, "tokens": sum(tokens), "tokens_per_s": sum(tokens) / wall,
+            "p50_s": statistics.median(ordered), "p95_s": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]}
+
+
+def main() -> None:
+    import openai
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--source", required=True, help="a MoSEs run directory with several tasks")
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=4, help="requests per client")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precision", default="auto")
+    args = parser.parse_args()
+    source = Path(args.source)
+    levels = [int(c) for c in args.clients.split(",")]
+    prompts = prompts_of(source, max(levels) * args.requests)
+    tasks = list(prompts)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "moses.cli", "serve", str(source), "--port", str(port),
+                               "--precision", args.precision, "--log-level", "warning",
+                               "--queue-limit", str(4 * max(levels))])
+    try:
+        wait_until_up(url, server)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
+        client.completions.create(model=tasks[0], prompt=prompts[tasks[0]][0], max_tokens=2, temperature=0)  # warm
+        rounds = []
+        for round_index in range(args.rounds):
+            measured = {}
+            for clients in levels:
+                total = clients * args.requests
+                mixed = [(tasks[i % len(tasks)], prompts[tasks[i % len(tasks)]][i // len(tasks)])
+                         for i in range(total)]
+                single = [(tasks[0], prompts[tasks[0]][i % len(prompts[tasks[0]])]) for i in range(total)]
+                for mode, jobs, threads in (("mixed", mixed, clients), ("single", single, clients),
+                                            ("sequential", mixed, 1)):
+                    if mode == "sequential" and clients == 1:
+                        continue  # the same as mixed at 1 client
+                    measured[f"{mode} {clients}"] = result = one_mode(client, jobs, threads, args.max_tokens)
+                    print(f"round {round_index + 1}/{args.rounds} {mode} x{clients}: {result['tokens_per_s']:.1f} "
+                          f"tokens/s, p50 {result['p50_s']:.2f}s, p95 {result['p95_s']:.2f}s", file=sys.stderr,
+                          flush=True)
+            rounds.append(measured)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+    def median(key: str, field: str) -> float:
+        return statistics.median(r[key][field] for r in rounds)
+
+    def ratio(key: str, against: str) -> float:
+        return statistics.median(r[key]["tokens_per_s"] / r[against]["tokens_per_s"] for r in rounds)
+
+    rows = []
+    for key in rounds[0]:
+        mode, clients = key.split()
+        row = {"mode": mode, "clients": int(clients), "requests": int(clients) * args.requests,
+               "tokens/s": round(median(key, "tokens_per_s"), 1), "p50 s": round(median(key, "p50_s"), 2),
+               "p95 s": round(median(key, "p95_s"), 2)}
+        if mode == "mixed":
+            row["mixed / single"] = round(ratio(key, f"single {clients}"), 3)
+            if f"sequential {clients}" in rounds[0]:
+                row["mixed / one at a time"] = round(ratio(key, f"sequential {clients}"), 3)
+        rows.append(row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    write_results("serve", {"source": str(source), "tasks": tasks, "max_tokens": args.max_tokens,
+                            "requests_per_client": args.requests, "rounds": rounds}, rows, columns,
+                  notes=f"`moses serve {source}` in its own process on this machine's 2 CPU cores ({args.precision} "
+                  f"precision), the official openai client in threads; greedy completions of {args.max_tokens} "
+                  f"tokens at most; each client sends {args.requests} requests one after another. mixed: requests "
+                  f"spread over the {len(tasks)} tasks ({', '.join(tasks)}); single: all to {tasks[0]}; sequential: "
+                  "the mixed requests one at a time. Medians over rounds; a ratio is the median of per-round "
+                  "ratios. Targets at 16 clients: mixed / single >= 0.8, mixed / one at a time >= 3.")
+
+
+if __name__ == "__main__":
+    main()
