@@ -36,7 +36,8 @@ def build(adapter: str, base, tasks_before: int):
         return model, model.optimizer_param_groups(1e-3)
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
     return model, [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-3, "weight_decay": 0.0}]
 
 
