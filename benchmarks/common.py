@@ -82,3 +82,29 @@ def write_results(name: str, payload: dict, table_rows: list[dict], columns: lis
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in table_rows]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# MoSEs configurations the timing benchmarks compare: the package default (R1) and reading R2 as swept
+MOSES_OPTIONS = {"moses": {},
+                 "moses-r2": {"ownership": "subexperts", "new_subexperts": 1, "num_subexperts": 8, "rank": 2,
+                              "top_k": 2, "router_input": "subexperts", "own_init": "previous"}}
+
+
+def training_adapter(name: str, base, lr: float, tasks_before: int = 0):
+    """(model, optimizer param groups) for timing a training step: "lora-r<rank>" (peft LoRA, alpha 2 * rank,
+    on q/k/v/o) or a MOSES_OPTIONS entry, trained as its task `tasks_before + 1` (earlier ones ended first)."""
+    if name in MOSES_OPTIONS:
+        from moses import MoSEsConfig, get_moses_model
+
+        model = get_moses_model(base, MoSEsConfig(**MOSES_OPTIONS[name]))
+        for k in range(tasks_before):
+            model.add_task(f"earlier-{k}")
+            model.end_task()
+        model.add_task("timed")
+        return model, model.optimizer_param_groups(lr)
+    from peft import LoraConfig, get_peft_model
+
+    rank = int(name.removeprefix("lora-r"))
+    model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS))
+    return model, [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0, "lr": lr}]

@@ -12,38 +12,16 @@ import argparse
 import time
 
 import torch
+from common import MOSES_OPTIONS, training_adapter
 
 from moses.data.loss import answer_loss
 from moses.models import load_model
 from moses.precision import autocast
 
-ADAPTER_CONFIGS = {
-    "moses": {},
-    "moses-r2": {"ownership": "subexperts", "new_subexperts": 1, "num_subexperts": 8, "rank": 2, "top_k": 2,
-                 "router_input": "subexperts", "own_init": "previous"},
-}
-
-
-def build(adapter: str, base, tasks_before: int):
-    if adapter.startswith("moses"):
-        from moses import MoSEsConfig, get_moses_model
-
-        model = get_moses_model(base, MoSEsConfig(**ADAPTER_CONFIGS[adapter]))
-        for k in range(tasks_before):
-            model.add_task(f"earlier{k}")
-            model.end_task()
-        model.add_task("profiled")
-        return model, model.optimizer_param_groups(1e-3)
-    from peft import LoraConfig, get_peft_model
-
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
-    return model, [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-3, "weight_decay": 0.0}]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--adapter", default="moses-r2", choices=["lora-r8", *ADAPTER_CONFIGS])
+    parser.add_argument("--adapter", default="moses-r2", choices=["lora-r8", *MOSES_OPTIONS])
     parser.add_argument("--shape", default="8x64", help="batch x tokens")
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--steps", type=int, default=3)
@@ -53,7 +31,7 @@ def main() -> None:
     batch_size, tokens = (int(v) for v in args.shape.split("x"))
     torch.manual_seed(0)
     base, _ = load_model("smollm2-135m")
-    model, groups = build(args.adapter, base, args.task)
+    model, groups = training_adapter(args.adapter, base, 1e-3, args.task)
     optimizer = torch.optim.AdamW(groups)
     ids = torch.randint(0, base.config.vocab_size, (batch_size, tokens))
     labels = ids.clone()

@@ -18,33 +18,12 @@ import subprocess
 import sys
 import time
 
-from common import PeakRSS, write_results
+from common import MOSES_OPTIONS, PeakRSS, training_adapter, write_results
 
-ADAPTERS = ("lora-r8", "lora-r32", "moses", "moses-r2")
-MOSES_OPTIONS = {"moses": {},
-                 "moses-r2": {"ownership": "subexperts", "new_subexperts": 1, "num_subexperts": 8, "rank": 2,
-                              "top_k": 2, "router_input": "subexperts", "own_init": "previous"}}
+ADAPTERS = ("lora-r8", "lora-r32", *MOSES_OPTIONS)
 SHAPES = "8x32,8x64,4x128,8x256"
 ANSWER = 32
 TASKS_BEFORE = 2
-
-
-def wrap(name: str, base):
-    if name.startswith("moses"):
-        from moses import MoSEsConfig, get_moses_model
-
-        model = get_moses_model(base, MoSEsConfig(**MOSES_OPTIONS[name]))
-        for k in range(TASKS_BEFORE):
-            model.add_task(f"earlier-{k}")
-            model.end_task()
-        model.add_task("bench")
-        return model, model.optimizer_param_groups(3e-4)
-    from peft import LoraConfig, get_peft_model
-
-    rank = int(name.removeprefix("lora-r"))
-    model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank,
-                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    return model, [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0, "lr": 3e-4}]
 
 
 def one(name: str, steps: int, precision: str, shapes: list[tuple[int, int]]) -> dict:
@@ -56,7 +35,7 @@ def one(name: str, steps: int, precision: str, shapes: list[tuple[int, int]]) ->
 
     torch.manual_seed(0)
     base, _ = load_model("smollm2-135m")
-    model, groups = wrap(name, base)
+    model, groups = training_adapter(name, base, 3e-4, TASKS_BEFORE)
     optimizer = torch.optim.AdamW(groups)
     model.train()
     by_shape = {}

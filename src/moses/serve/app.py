@@ -27,16 +27,21 @@ from moses.serve.batcher import Batcher, Overloaded
 from moses.serve.engine import AUTO, Engine, GenerationRequest, GenerationResult
 
 
-class CompletionRequest(BaseModel):
+class Sampling(BaseModel):
+    """What both endpoints share, with OpenAI's defaults (temperature 1 samples; 0 is greedy)."""
+
     model: str
-    prompt: str | list[str]
-    max_tokens: int = Field(16, ge=1, le=4096)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+    max_tokens: int = Field(16, ge=1, le=4096)
 
 
 class ChatMessage(BaseModel):
@@ -44,17 +49,10 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class ChatRequest(BaseModel):
-    model: str
+class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    n: int = Field(1, ge=1, le=1)
 
 
 class ReloadRequest(BaseModel):
