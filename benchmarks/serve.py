@@ -58,7 +58,8 @@ def one_mode(client, jobs: list[tuple[str, str]], clients: int, max_tokens: int)
 
     def send(job: tuple[str, str]) -> None:
         began = time.perf_counter()
-        reply = client.completions.create(model=job[0], prompt=job[1], max_tokens=max_tokens, temperature=0)
+        reply = client.completions.create(model=job[0], prompt=job[1], max_tokens=max_tokens, temperature=0,
+                                          extra_body={"ignore_eos": True})  # every answer max_tokens long
         latencies.append(time.perf_counter() - began)
         tokens.append(reply.usage.completion_tokens)
 
@@ -137,8 +138,9 @@ def main() -> None:
     write_results("serve", {"source": str(source), "tasks": tasks, "max_tokens": args.max_tokens,
                             "requests_per_client": args.requests, "rounds": rounds}, rows, columns,
                   notes=f"`moses serve {source}` in its own process on this machine's 2 CPU cores ({args.precision} "
-                  f"precision), the official openai client in threads; greedy completions of {args.max_tokens} "
-                  f"tokens at most; each client sends {args.requests} requests one after another. mixed: requests "
+                  f"precision), the official openai client in threads; greedy completions of exactly "
+                  f"{args.max_tokens} tokens (ignore_eos), so every mode generates as many; each client sends "
+                  f"{args.requests} requests one after another. mixed: requests "
                   f"spread over the {len(tasks)} tasks ({', '.join(tasks)}); single: all to {tasks[0]}; sequential: "
                   "the mixed requests one at a time. Medians over rounds; a ratio is the median of per-round "
                   "ratios. Targets at 16 clients: mixed / single >= 0.8, mixed / one at a time >= 3.")

@@ -170,6 +170,9 @@ def test_stop_max_tokens_seed_and_the_base_model(served):
     assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
     one = client.completions.create(model="alive", prompt=prompt, max_tokens=1, temperature=0)
     assert one.usage.completion_tokens <= 1
+    exact = client.completions.create(model="alive", prompt=prompt, max_tokens=9, temperature=0,
+                                      extra_body={"ignore_eos": True})  # vLLM's extension
+    assert exact.usage.completion_tokens == 9 and exact.choices[0].finish_reason == "length"
     sampled = [client.completions.create(model="alive", prompt=prompt, max_tokens=6, temperature=1.0, seed=7)
                .choices[0].text for _ in range(2)]
     assert sampled[0] == sampled[1]  # the same seed samples the same text

@@ -37,6 +37,7 @@ class Sampling(BaseModel):
     seed: int | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
+    ignore_eos: bool = False  # vLLM's extension: always generate max_tokens (benchmarks)
 
 
 class CompletionRequest(Sampling):
@@ -178,7 +179,7 @@ def create_app(engine: Engine, max_batch: int = 16, window_seconds: float = 0.01
         task = task_of(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         requests = [GenerationRequest(p, task, body.max_tokens, body.temperature, body.top_p, stops(body.stop),
-                                      body.seed) for p in prompts]
+                                      body.seed, body.ignore_eos) for p in prompts]
         ident = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             return sse(await streamed(requests, lambda i, model, text, finish: {
@@ -201,7 +202,8 @@ def create_app(engine: Engine, max_batch: int = 16, window_seconds: float = 0.01
         prompt = tokenizer.apply_chat_template([m.model_dump() for m in body.messages], tokenize=False,
                                                add_generation_prompt=True)
         limit = body.max_completion_tokens or body.max_tokens or 16
-        request = GenerationRequest(prompt, task, limit, body.temperature, body.top_p, stops(body.stop), body.seed)
+        request = GenerationRequest(prompt, task, limit, body.temperature, body.top_p, stops(body.stop), body.seed,
+                                    body.ignore_eos)
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             def chunk(i: int, model: str, text: str | None, finish: str | None) -> dict[str, Any]:
@@ -260,7 +262,7 @@ async def stream_text(tokenizer, request: GenerationRequest, tokens: asyncio.Que
     while (token := await tokens.get()) is not None:
         if finished:
             continue
-        if token == eos or len(ids) >= request.max_tokens:
+        if (token == eos and not request.ignore_eos) or len(ids) >= request.max_tokens:
             finished = True
             continue
         ids.append(token)

@@ -45,6 +45,7 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # generate max_tokens whatever the model says (vLLM's extension; for benchmarks)
 
 
 @dataclass
@@ -120,7 +121,8 @@ class Engine:
         indices = self.task_indices(requests)
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
-            key = ("greedy",) if request.temperature == 0 else (request.temperature, request.top_p, request.seed)
+            key = (("greedy",) if request.temperature == 0 else (request.temperature, request.top_p, request.seed))
+            key += (request.ignore_eos,)
             groups.setdefault(key, []).append(i)
         results: list[GenerationResult | None] = [None] * len(requests)
         for key, members in groups.items():
@@ -133,9 +135,12 @@ class Engine:
     def _generate_group(self, key: tuple, requests: list[GenerationRequest], indices: list[int],
                         streamer: BaseStreamer | None = None) -> list[GenerationResult]:
         batch = self._batch([r.prompt for r in requests])
-        sampling = {"do_sample": False} if key == ("greedy",) else {
+        greedy = key[0] == "greedy"
+        sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": requests[0].temperature, "top_p": requests[0].top_p}
-        if key != ("greedy",) and requests[0].seed is not None:
+        if requests[0].ignore_eos:
+            sampling["min_new_tokens"] = max(r.max_tokens for r in requests)
+        if not greedy and requests[0].seed is not None:
             torch.manual_seed(requests[0].seed)
         with autocast(self.precision, self.device.type):
             out = self.model.generate(**batch, task_ids=torch.tensor(indices), max_new_tokens=max(
@@ -150,7 +155,7 @@ class Engine:
         eos = self.tokenizer.eos_token_id
         ids = ids[: request.max_tokens]
         finish = "length"
-        if eos in ids:
+        if eos in ids and not request.ignore_eos:
             ids, finish = ids[: ids.index(eos)], "stop"
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         cut = min((text.find(s) for s in request.stop if s and s in text), default=-1)
