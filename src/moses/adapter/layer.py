@@ -91,7 +91,9 @@ class MoSEsLayer(nn.Module):
         self.num_stored_masks = 0
         self.start_masks: tuple[torch.Tensor, torch.Tensor] | None = None  # R1: the training task's first mask
         self.aux_loss: torch.Tensor | None = None
-        self._inference_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        # per task: (key, A_t flat, B_t flat) for inference; one entry per task, so a mixed-task batch (serving)
+        # does not rebuild every task's weights at every decoding step
+        self._inference_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
         self._fresh_own_A: tuple[int, torch.Tensor] | None = None  # R2: (task, its own A as first drawn)
         self.reset_parameters()
         if self.dedicated:  # R2 masks follow ownership, not scores
@@ -235,15 +237,16 @@ class MoSEsLayer(nn.Module):
         key = (task, self.lora_A._version, self.lora_B._version, self.routers[task]._version,
                self.num_stored_masks)
         cacheable = not torch.is_grad_enabled() and task != self.context.training
-        if cacheable and self._inference_cache is not None and self._inference_cache[0] == key:
-            return self._inference_cache[1], self._inference_cache[2]
+        cached = self._inference_cache.get(task) if cacheable else None
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
         a, b = self.task_weights(task)
         n_r = self.num_subexperts * self.rank
         a_flat, b_flat = a.reshape(n_r, self.in_features), b.permute(1, 0, 2).reshape(self.out_features, n_r)
         if self.fuses_router:
             a_flat = torch.cat([a_flat, self.routers[task]])
         if cacheable:
-            self._inference_cache = (key, a_flat, b_flat)
+            self._inference_cache[task] = (key, a_flat, b_flat)
         return a_flat, b_flat
 
     def gates(self, x: torch.Tensor | None, task: int, logits: torch.Tensor | None = None) -> torch.Tensor:
