@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 from moses import faults
 from moses.data.stream import Task
+from moses.errors import CheckpointError
 from moses.io import atomic_write_text, fsync_directory, read_json
 
 MANIFEST = "manifest.json"
@@ -73,6 +75,20 @@ def verify_checkpoint(directory: Path) -> str | None:
         if path.stat().st_size != expected.get("bytes") or _sha256(path) != expected.get("sha256"):
             return f"{name} does not match its checksum"
     return None
+
+
+def final_checkpoint(output: Path, tasks: list[Task], completed: int) -> Path:
+    """The checkpoint of a run's last finished task, verified (one written before manifests is used with a
+    warning); `moses eval`, `export` and `serve` read it, and a damaged one is an error, not a fallback."""
+    if completed == 0:
+        raise CheckpointError(f"{output}: no task has finished training yet")
+    last = checkpoint_dir(output, completed - 1, tasks[completed - 1])
+    problem = verify_checkpoint(last)
+    if problem == UNVERIFIED:
+        warnings.warn(f"checkpoint {last}: {problem}; using it unverified", stacklevel=3)
+    elif problem:
+        raise CheckpointError(f"{last}: not usable ({problem}); `moses run --resume` retrains from the newest good one")
+    return last
 
 
 def newest_good_checkpoint(output: Path, tasks: list[Task], completed: int,

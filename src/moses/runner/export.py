@@ -13,7 +13,7 @@ from moses.io import read_json
 def resolve_adapter(source: Path, model_name: str | None = None) -> tuple[Path, str]:
     """(adapter directory, base model) of `source`: a run directory (its last checkpoint, verified; the run's
     model) or a MoSEs adapter directory (`model_name`, else the adapter's base_model_name_or_path)."""
-    from moses.runner.checkpoints import UNVERIFIED, checkpoint_dir, verify_checkpoint
+    from moses.runner.checkpoints import final_checkpoint
     from moses.runner.config import RunConfig
     from moses.runner.run import CONFIG_FILE, build_stream, read_results
 
@@ -22,14 +22,7 @@ def resolve_adapter(source: Path, model_name: str | None = None) -> tuple[Path, 
         if config.method != "moses":
             raise ConfigError(f"{source}: a {config.method} run; this needs a MoSEs run")
         results = read_results(source)
-        completed = results["completed"] if results else 0
-        if not completed:
-            raise CheckpointError(f"{source}: no task has finished training yet")
-        stream = build_stream(config)
-        adapter = checkpoint_dir(source, completed - 1, stream[completed - 1])
-        problem = verify_checkpoint(adapter)
-        if problem not in (None, UNVERIFIED):
-            raise CheckpointError(f"{adapter}: not usable ({problem})")
+        adapter = final_checkpoint(source, build_stream(config), results["completed"] if results else 0)
         return adapter, model_name or config.model
     if (source / "adapter_config.json").is_file():
         saved = read_json(source / "adapter_config.json", CheckpointError)

@@ -30,14 +30,7 @@ from moses.methods import Method, make_method
 from moses.metrics.continual import summarize
 from moses.models import load_model
 from moses.precision import accelerate_mixed_precision, resolve_precision
-from moses.runner.checkpoints import (
-    UNVERIFIED,
-    checkpoint_dir,
-    newest_good_checkpoint,
-    prune,
-    save_checkpoint,
-    verify_checkpoint,
-)
+from moses.runner.checkpoints import final_checkpoint, newest_good_checkpoint, prune, save_checkpoint
 from moses.runner.config import RunConfig
 from moses.runner.evaluate import evaluate_task
 from moses.runner.lock import directory_lock
@@ -318,9 +311,8 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     config = RunConfig.from_dict(read_json(config_path, CheckpointError), str(config_path))
     results = read_results(output)
     completed = results["completed"] if results else 0
-    if completed == 0:
-        raise CheckpointError(f"{output}: no task has finished training yet")
     stream = build_stream(config)
+    last = final_checkpoint(output, stream, completed)  # before any model is loaded
     trained = {t.name: t for t in stream[:completed]}
     chosen = tasks or list(trained)
     unknown = [n for n in chosen if n not in trained]
@@ -330,12 +322,6 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     accelerator, precision, _ = _accelerator(config)
     method.precision = precision
     base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
-    last = checkpoint_dir(output, completed - 1, stream[completed - 1])
-    problem = verify_checkpoint(last)
-    if problem == UNVERIFIED:
-        warnings.warn(f"checkpoint {last}: {problem}; using it unverified", stacklevel=2)
-    elif problem:
-        raise CheckpointError(f"{last}: not usable ({problem}); `moses run --resume` retrains from the newest good one")
     model = method.load(base, tokenizer, last)
     scores, records = {}, []
     for name in chosen:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from moses.errors import MoSEsError, TaskError
 from moses.serve.batcher import Batcher, Overloaded
-from moses.serve.engine import AUTO, Engine, GenerationRequest, GenerationResult
+from moses.serve.engine import AUTO, Engine, GenerationRequest, GenerationResult, stop_index
 
 
 class Sampling(BaseModel):
@@ -269,7 +269,7 @@ async def stream_text(tokenizer, request: GenerationRequest, tokens: asyncio.Que
         text = tokenizer.decode(ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             continue
-        cut = min((text.find(s) for s in request.stop if s and s in text), default=-1)
+        cut = stop_index(text, request.stop)
         if cut >= 0:
             text, finished = text[:cut], True
         ready = text if finished else text[: max(len(emitted), len(text) - hold)]

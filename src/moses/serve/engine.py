@@ -36,6 +36,11 @@ class _StepStreamer(BaseStreamer):
         pass
 
 
+def stop_index(text: str, stops: list[str]) -> int:
+    """Where the first stop string starts in `text` (-1: none occurs): the text is cut there."""
+    return min((text.find(s) for s in stops if s and s in text), default=-1)
+
+
 @dataclass
 class GenerationRequest:
     prompt: str
@@ -158,7 +163,7 @@ class Engine:
         if eos in ids and not request.ignore_eos:
             ids, finish = ids[: ids.index(eos)], "stop"
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        cut = min((text.find(s) for s in request.stop if s and s in text), default=-1)
+        cut = stop_index(text, request.stop)
         if cut >= 0:
             text, finish = text[:cut], "stop"
         return GenerationResult(text=text, task=None if index < 0 else self.tasks[index], finish_reason=finish,
