@@ -86,9 +86,8 @@ def write_results(name: str, payload: dict, table_rows: list[dict], columns: lis
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # MoSEs configurations the timing benchmarks compare: the package default (R1) and reading R2 as swept
-MOSES_OPTIONS = {"moses": {},
-                 "moses-r2": {"ownership": "subexperts", "new_subexperts": 1, "num_subexperts": 8, "rank": 2,
-                              "top_k": 2, "router_input": "subexperts", "own_init": "previous"}}
+MOSES_OPTIONS = {"moses": {},  # the package defaults: reading R2, one rank-2 subexpert per task, top-2 borrowing
+                 "moses-r1": {"ownership": "entries", "router_input": "hidden", "rank": 4}}  # the 0.1.0 defaults
 
 
 def training_adapter(name: str, base, lr: float, tasks_before: int = 0):

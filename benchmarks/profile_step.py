@@ -1,7 +1,7 @@
 """Where a training step's time goes: torch.profiler over a few SmolLM2-135M steps of one adapter (forward,
 backward, AdamW), ops sorted by self CPU time. The tool behind issue 12's "profile it, don't guess".
 
-    python benchmarks/profile_step.py --adapter moses-r2 --shape 8x64 --precision bf16 [--steps 3] [--task 2]
+    python benchmarks/profile_step.py --adapter moses --shape 8x64 --precision bf16 [--steps 3] [--task 2]
 
 `--task k` ends k tasks first, so the profiled task borrows from k earlier ones (MoSEs R2 routes only then).
 """
@@ -21,7 +21,7 @@ from moses.precision import autocast
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--adapter", default="moses-r2", choices=["lora-r8", *MOSES_OPTIONS])
+    parser.add_argument("--adapter", default="moses", choices=["lora-r8", *MOSES_OPTIONS])
     parser.add_argument("--shape", default="8x64", help="batch x tokens")
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--steps", type=int, default=3)

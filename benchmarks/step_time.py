@@ -1,12 +1,12 @@
 """Training step time and peak memory on SmolLM2-135M over several batch shapes, CPU: MoSEs (the package
-default and reading R2 as in benchmarks/trace_cpu.yaml) against peft LoRA r=8 (same active rank) and r=32
+default, reading R2 as in benchmarks/trace_cpu.yaml, and reading R1) against peft LoRA r=8 (same active rank) and r=32
 (same pool rank), on q/k/v/o, in fp32 and under bf16 autocast. Each adapter and precision runs in its own
 process (its peak memory is its own) and times every shape there; the processes take turns for several
 rounds, and each ratio is the median over rounds of the ratio against LoRA r=8 of the same precision and
 round. MoSEs is timed on its third task (two ended before it), so R2 has subexperts to borrow.
 
     python benchmarks/step_time.py [--shapes 8x32,8x64,4x128,8x256] [--steps 4] [--rounds 2]
-                                   [--precisions fp32,bf16] [--adapters lora-r8,moses,moses-r2]
+                                   [--precisions fp32,bf16] [--adapters lora-r8,moses,moses-r1]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--adapters", default="lora-r8,moses,moses-r2")
+    parser.add_argument("--adapters", default="lora-r8,moses,moses-r1")
     parser.add_argument("--one", choices=ADAPTERS)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = parser.parse_args()

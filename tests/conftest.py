@@ -16,6 +16,9 @@ from transformers import (
 VOCAB = 97
 
 
+# reading R1 (entry masks, router on the hidden state), for the tests of its mechanism; R2 is the default
+R1 = {"ownership": "entries", "router_input": "hidden"}
+
 def tiny_llama() -> torch.nn.Module:
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)

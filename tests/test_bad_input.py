@@ -178,8 +178,8 @@ CHECKPOINT_CASES = [
                                                            lambda c: c["method_options"].update(num_subexperts=4)),
      "saved with another config (num_subexperts: saved 8, given 4"),
     ("another-rank", lambda run, ckpt, model, tmp: edit_json(run / "config.json",
-                                                              lambda c: c["method_options"].update(rank=2)),
-     "saved with another config (rank: saved 4, given 2"),
+                                                              lambda c: c["method_options"].update(rank=3)),
+     "saved with another config (rank: saved 2, given 3"),
     ("another-base-model", lambda run, ckpt, model, tmp: edit_json(
         run / "config.json", lambda c: c.update(model=other_base_model(model, tmp / "wide"))),
      "saved shape"),

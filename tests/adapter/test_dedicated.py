@@ -55,6 +55,40 @@ def test_dedicated_subexperts_keep_old_tasks_and_start_at_zero(arch, router_inpu
     assert model.tasks == ["t1", "t2", "t3"]
 
 
+@pytest.mark.parametrize("router_input,routing", [("subexperts", "token"), ("hidden", "token"),
+                                                   ("hidden", "task")])
+def test_pool_forward_equals_the_masked_reference_and_serves_mixed_batches(router_input, routing):
+    """R2 computes every task on the whole pool (no mask products): each task's delta equals the masked
+    per-subexpert reference, with the later tasks' trained subexperts present in the pool, and one mixed
+    batch (tasks 1, 3, 2, none) equals each task run alone."""
+    model = get_moses_model(build("llama"), dedicated_config(router_input=router_input, routing=routing))
+    for t, name in enumerate(["t1", "t2", "t3"]):
+        train_task(model, name, steps=3, seed=t)
+    x = torch.randn(2, 5, next(la for _, la in model.moses_layers()).in_features,
+                    generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        for _, layer in model.moses_layers():
+            for task in range(3):
+                torch.testing.assert_close(layer.adapter_delta(x, task), layer.reference_delta(x, task),
+                                           rtol=1e-5, atol=1e-6)
+    batch = random_batch(seed=9, batch=4, length=6)
+    alone = {name: probe_ids(model, name, batch["input_ids"]) for name in ("t1", "t2", "t3")}
+    with torch.no_grad():
+        base = model(input_ids=batch["input_ids"], task_ids=torch.full((4,), -1)).logits  # -1: no adapter
+        mixed = model(input_ids=batch["input_ids"], task_ids=torch.tensor([0, 2, 1, -1])).logits
+    for row, name in enumerate(["t1", "t3", "t2"]):
+        torch.testing.assert_close(mixed[row], alone[name][row], rtol=1e-5, atol=1e-5)
+    assert torch.equal(mixed[3], base[3])
+    with pytest.raises(TaskError, match="no masks"):
+        next(la for _, la in model.moses_layers()).pool_weights(3)
+
+
+def probe_ids(model, task, input_ids):
+    model.set_task(task)
+    with torch.no_grad():
+        return model(input_ids=input_ids).logits
+
+
 def test_dedicated_gates_borrow_top_k_of_the_old_subexperts():
     model = get_moses_model(build("llama"), dedicated_config())
     for name in ("a", "b"):
@@ -104,7 +138,7 @@ def test_own_init_previous_starts_from_the_previous_task():
     with pytest.raises(ConfigError, match="own_init"):
         MoSEsConfig(own_init="mean")
     with pytest.raises(ConfigError, match="own_init='previous': needs ownership='subexperts'"):
-        MoSEsConfig(own_init="previous")
+        MoSEsConfig(own_init="previous", ownership="entries")
 
 
 def test_own_init_best_keeps_the_start_with_the_lowest_loss():

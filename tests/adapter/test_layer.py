@@ -8,6 +8,8 @@ from transformers.pytorch_utils import Conv1D
 from moses import MoSEsConfig
 from moses.adapter.layer import MoSEsLayer
 
+from conftest import R1
+
 
 def trained_layer(base: nn.Module, config: MoSEsConfig, seed: int = 0) -> MoSEsLayer:
     torch.manual_seed(seed)
@@ -25,8 +27,8 @@ def trained_layer(base: nn.Module, config: MoSEsConfig, seed: int = 0) -> MoSEsL
 @pytest.mark.parametrize("n,k", [(8, 2), (4, 4), (16, 3)])
 def test_batched_forward_equals_per_subexpert_loop(routing, granularity, router_input, n, k):
     """Invariant 5."""
-    config = MoSEsConfig(num_subexperts=n, top_k=k, rank=3, routing=routing, mask_granularity=granularity,
-                         router_input=router_input)
+    config = MoSEsConfig(ownership="entries", num_subexperts=n, top_k=k, rank=3, routing=routing,
+                         mask_granularity=granularity, router_input=router_input)
     layer = trained_layer(nn.Linear(24, 20), config)
     x = torch.randn(3, 7, 24)
     torch.testing.assert_close(layer.adapter_delta(x, 0), layer.reference_delta(x, 0), rtol=1e-5, atol=1e-6)
@@ -38,7 +40,7 @@ def test_batched_forward_equals_per_subexpert_loop(routing, granularity, router_
 def test_new_adapter_leaves_base_output_unchanged():
     torch.manual_seed(0)
     base = nn.Linear(16, 12)
-    layer = MoSEsLayer(base, MoSEsConfig())
+    layer = MoSEsLayer(base, MoSEsConfig(**R1))
     layer.add_router()
     layer.context.training = layer.context.active = 0
     x = torch.randn(2, 5, 16)
@@ -46,7 +48,7 @@ def test_new_adapter_leaves_base_output_unchanged():
 
 
 def test_only_top_k_subexperts_receive_gradient_per_token():
-    config = MoSEsConfig(num_subexperts=6, top_k=2, rank=2, task_density=1.0)
+    config = MoSEsConfig(**R1, num_subexperts=6, top_k=2, rank=2, task_density=1.0)
     layer = trained_layer(nn.Linear(10, 8), config)
     x = torch.randn(1, 1, 10)  # one token
     layer.adapter_delta(x, 0).sum().backward()
@@ -70,7 +72,7 @@ def test_single_subexpert_full_mask_equals_peft_lora(layer_kind):
         def forward(self, x):
             return self.proj(x)
 
-    config = MoSEsConfig(num_subexperts=1, top_k=1, rank=r, alpha=6.0, task_density=1.0, target_modules=["proj"])
+    config = MoSEsConfig(**R1, num_subexperts=1, top_k=1, rank=r, alpha=6.0, task_density=1.0, target_modules=["proj"])
     layer = trained_layer(base, config)
     lora_config = peft.LoraConfig(r=r, lora_alpha=6, target_modules=["proj"], fan_in_fan_out=layer_kind == "conv1d")
     reference = peft.get_peft_model(Holder(), lora_config)
@@ -88,7 +90,7 @@ def test_layer_rejects_unsupported_module():
 
 
 def test_load_balance_loss_is_minimal_for_uniform_routing():
-    config = MoSEsConfig(num_subexperts=4, top_k=1, load_balance_coef=1.0)
+    config = MoSEsConfig(**R1, num_subexperts=4, top_k=1, load_balance_coef=1.0)
     layer = trained_layer(nn.Linear(8, 8), config)
     uniform = torch.zeros(4, 4)
     skewed = torch.tensor([[5.0, 0, 0, 0]] * 4)
@@ -99,7 +101,7 @@ def test_load_balance_loss_is_minimal_for_uniform_routing():
 
 
 def test_inference_weight_cache_follows_pool_changes():
-    layer = trained_layer(nn.Linear(12, 10), MoSEsConfig(num_subexperts=4, rank=2))
+    layer = trained_layer(nn.Linear(12, 10), MoSEsConfig(**R1, num_subexperts=4, rank=2))
     layer.end_task(0)
     layer.context.training = None
     x = torch.randn(2, 3, 12)

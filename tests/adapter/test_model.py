@@ -7,7 +7,7 @@ from moses import MoSEsConfig, MoSEsLayer, get_moses_model
 from moses.adapter.masks import top_c_mask
 from moses.errors import ConfigError, TaskError
 
-from conftest import build, random_batch, train_task
+from conftest import R1, build, random_batch, train_task
 
 PROBE = random_batch(seed=777, batch=2, length=8)
 
@@ -19,7 +19,7 @@ def logits(model, task):
 
 
 def small_config(**overrides) -> MoSEsConfig:
-    return MoSEsConfig(**{"num_subexperts": 4, "top_k": 2, "rank": 2, "task_density": 0.3, **overrides})
+    return MoSEsConfig(**{**R1, "num_subexperts": 4, "top_k": 2, "rank": 2, "task_density": 0.3, **overrides})
 
 
 def test_wraps_attention_projections_and_freezes_base(arch):

@@ -9,13 +9,13 @@ from safetensors.torch import load_file
 from moses import MoSEsConfig, MoSEsModel, get_moses_model
 from moses.errors import CheckpointError
 
-from conftest import build, random_batch, train_task
+from conftest import R1, build, random_batch, train_task
 
 PROBE = random_batch(seed=99, batch=2, length=8)["input_ids"]
 
 
 def config(**overrides) -> MoSEsConfig:
-    return MoSEsConfig(**{"num_subexperts": 4, "top_k": 2, "rank": 2, **overrides})
+    return MoSEsConfig(**{**R1, "num_subexperts": 4, "top_k": 2, "rank": 2, **overrides})
 
 
 def outputs(model, task):
@@ -123,3 +123,19 @@ def test_bad_value_in_saved_config_names_file_and_field(saved):
     edit_saved_config(directory, top_k=0)
     with pytest.raises(CheckpointError, match="adapter_config.json: MoSEsConfig.top_k=0"):
         MoSEsModel.from_pretrained(build(arch), directory)
+
+
+def test_config_saved_before_r2_became_the_default_loads_as_r1(saved):
+    """An adapter_config.json written by 0.1.0 has no ownership, router_input or own_init keys: it loads
+    under the defaults it was saved with (reading R1), not under today's R2 defaults."""
+    arch, model, directory = saved
+    path = directory / "adapter_config.json"
+    data = json.loads(path.read_text())
+    for key in ("ownership", "router_input", "own_init"):
+        del data[key]
+    path.write_text(json.dumps(data))
+    loaded = MoSEsModel.from_pretrained(build(arch), directory)
+    assert loaded.moses_config.ownership == "entries" and loaded.moses_config.own_init == "fresh"
+    assert torch.equal(outputs(loaded, "b"), outputs(model, "b"))
+    assert MoSEsConfig().ownership == "subexperts" and MoSEsConfig().own_init == "best"
+    assert MoSEsConfig(ownership="entries").own_init == "fresh"

@@ -25,6 +25,10 @@ ATTENTION_TARGETS_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
 
 CONFIG_NAME = "adapter_config.json"
 
+# Defaults before reading R2 became the default (after 0.1.0): an adapter_config.json without these keys was saved
+# under them, so it loads as what it was trained as.
+LEGACY_DEFAULTS: dict[str, Any] = {"rank": 4, "router_input": "hidden", "ownership": "entries", "own_init": "fresh"}
+
 
 @dataclass
 class MoSEsConfig:
@@ -54,27 +58,29 @@ class MoSEsConfig:
 
     num_subexperts: int = 8
     top_k: int = 2
-    rank: int = 4
+    rank: int = 2
     alpha: float | None = None  # None means 2 * rank
     task_density: float = 0.3
     mask_granularity: str = "tensor"
     routing: str = "token"
-    router_input: str = "hidden"
+    router_input: str = "subexperts"
     target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_TARGETS))
     dropout: float = 0.0
     load_balance_coef: float = 0.0
     scores: str = "persistent"
     score_lr_scale: float = 1.0
     free_share: float = 0.5
-    ownership: str = "entries"
+    ownership: str = "subexperts"
     new_subexperts: int = 1
     router_init: str = "random"
     transfer_lr_scale: float = 10.0
-    own_init: str = "fresh"
+    own_init: str | None = None  # None means "best" under ownership="subexperts", "fresh" under "entries"
 
     def __post_init__(self) -> None:
         if self.alpha is None:
             self.alpha = float(2 * self.rank)
+        if self.own_init is None:
+            self.own_init = "best" if self.ownership == "subexperts" else "fresh"
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         self.validate()
@@ -164,7 +170,7 @@ class MoSEsConfig:
         known = {f.name for f in fields(cls)}
         extra = {k: v for k, v in data.items() if k not in known and k != "peft_type"}
         try:
-            config = cls(**{k: v for k, v in data.items() if k in known})
+            config = cls(**{**LEGACY_DEFAULTS, **{k: v for k, v in data.items() if k in known}})
         except (ConfigError, TypeError) as err:
             raise CheckpointError(f"{path}: {err}") from None
         return config, extra

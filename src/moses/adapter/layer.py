@@ -95,6 +95,7 @@ class MoSEsLayer(nn.Module):
         # does not rebuild every task's weights at every decoding step
         self._inference_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
         self._fresh_own_A: tuple[int, torch.Tensor] | None = None  # R2: (task, its own A as first drawn)
+        self._readable: dict[tuple[int, torch.device], torch.Tensor] = {}  # R2: feature masks per readable width
         self.reset_parameters()
         if self.dedicated:  # R2 masks follow ownership, not scores
             self.scores_A.requires_grad_(False)
@@ -150,6 +151,10 @@ class MoSEsLayer(nn.Module):
         self.routers.append(nn.Parameter(router))
         if self.dedicated:
             self.transfer_gates.append(nn.Parameter(torch.zeros((), device=device)))
+            if task == 0:  # R2's first task has nothing to borrow: its router and gate are never read, and a
+                # trainable parameter without gradients stops DistributedDataParallel
+                self.routers[0].requires_grad_(False)
+                self.transfer_gates[0].requires_grad_(False)
 
     def start_own_subexperts(self, task: int, source: int | None) -> None:
         """R2: task `task` starts its own subexperts as copies of task `source`'s own ones (a warm start, as
@@ -230,6 +235,32 @@ class MoSEsLayer(nn.Module):
             raise TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
         return live_a * mask_a, live_b * mask_b
 
+    def pool_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """R2: the whole pool (A, B), gradients only into the training task's own subexperts. Unlike
+        `task_weights` nothing is masked: the subexperts a task may not read get gate 0, and the router reads
+        their features zeroed (`readable_features`), so its output equals the masked form exactly, costs no
+        mask products, and one pool serves every task of a mixed batch."""
+        a, b = self.lora_A, self.lora_B
+        if task != self.context.training:
+            if task >= self.num_stored_masks:
+                raise TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
+            return a.detach(), b.detach()
+        own = slice(task * self.new_subexperts, (task + 1) * self.new_subexperts)
+        return (torch.cat([a[:own.start].detach(), a[own], a[own.stop:].detach()]),
+                torch.cat([b[:own.start].detach(), b[own], b[own.stop:].detach()]))
+
+    def readable_features(self, features: torch.Tensor, task: int) -> torch.Tensor:
+        """R2: the subexpert features A x with those of subexperts task `task` may not read set to 0, which
+        is what its router saw when it was trained (later tasks' subexperts must not move an ended task)."""
+        readable = (task + 1) * self.new_subexperts * self.rank
+        if readable >= features.shape[-1]:
+            return features
+        keep = self._readable.get((readable, features.device))
+        if keep is None:
+            keep = torch.arange(features.shape[-1], device=features.device) < readable
+            self._readable[(readable, features.device)] = keep
+        return features.masked_fill(~keep, 0)
+
     def flat_task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A_t as (N*r, d_in) (with the router's N rows below it when fused) and B_t as (d_out, N*r). At
         inference of an ended task they are kept until the pool or router changes (the tensors' version
@@ -240,8 +271,11 @@ class MoSEsLayer(nn.Module):
         cached = self._inference_cache.get(task) if cacheable else None
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        a, b = self.task_weights(task)
         n_r = self.num_subexperts * self.rank
+        if self.dedicated:
+            a, b = self.pool_weights(task)
+        else:
+            a, b = self.task_weights(task)
         a_flat, b_flat = a.reshape(n_r, self.in_features), b.permute(1, 0, 2).reshape(self.out_features, n_r)
         if self.fuses_router:
             a_flat = torch.cat([a_flat, self.routers[task]])
@@ -294,7 +328,17 @@ class MoSEsLayer(nn.Module):
         if self.fuses_router:
             gates = self.gates(None, task, logits=projected[..., n_r:])
         else:
-            gates = self.gates(down if self.router_inputs else x, task)
+            gates = self.gates(self.router_features(down, x, task), task)
+        return self.mix(down, gates, b)
+
+    def router_features(self, down: torch.Tensor, x: torch.Tensor, task: int) -> torch.Tensor:
+        """What task `task`'s router reads: the hidden state, or its readable subexpert features."""
+        if not self.router_inputs:
+            return x
+        return self.readable_features(down, task) if self.dedicated else down
+
+    def mix(self, down: torch.Tensor, gates: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """sum_i g_i B_t[i] (A_t[i] x): the gated subexpert features through the stacked B."""
         down = (down.unflatten(-1, (self.num_subexperts, self.rank)) * gates.unsqueeze(-1)).flatten(-2)
         return F.linear(down, b) * self.scaling
 
@@ -327,6 +371,8 @@ class MoSEsLayer(nn.Module):
         sample_tasks = sample_tasks.to(x.device)
         if sample_tasks.shape[0] != x.shape[0]:
             raise TaskError(f"task_ids has {sample_tasks.shape[0]} entries but the batch has {x.shape[0]} samples")
+        if self.dedicated:
+            return self.mixed_batch_pool_delta(x, sample_tasks)
         delta = torch.zeros(*x.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
         for task in sample_tasks.unique().tolist():
             if task < 0:
@@ -334,6 +380,23 @@ class MoSEsLayer(nn.Module):
             rows = (sample_tasks == task).nonzero().squeeze(1)
             delta = delta.index_copy(0, rows, self.adapter_delta(x.index_select(0, rows), task).to(delta.dtype))
         return delta
+
+    def mixed_batch_pool_delta(self, x: torch.Tensor, sample_tasks: torch.Tensor) -> torch.Tensor:
+        """R2: every task reads the same pool, so a mixed batch is two matmuls for all of its samples; only the
+        gates (router, top-k) are computed per task, on that task's rows. Equals `adapter_delta` per sample."""
+        tasks = [t for t in sample_tasks.unique().tolist() if t >= 0]
+        if not tasks:
+            return torch.zeros(*x.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
+        a, b = self.flat_task_weights(tasks[0])
+        n_r = self.num_subexperts * self.rank
+        down = F.linear(self.dropout(x.to(a.dtype)), a[:n_r])
+        gates = down.new_zeros(*down.shape[:-1], self.num_subexperts)
+        for task in tasks:
+            rows = (sample_tasks == task).nonzero().squeeze(1)
+            features = self.router_features(down.index_select(0, rows), x.index_select(0, rows).to(a.dtype), task)
+            chosen = self.gates(features, task)  # [N] when routing="task": the same for every token
+            gates = gates.index_copy(0, rows, chosen.expand(*features.shape[:-1], -1).to(gates.dtype))
+        return self.mix(down, gates, b)
 
     def merged_delta_weight(self, task: int) -> torch.Tensor:
         """Delta W of a task-routed task in the base layer's own weight layout."""
