@@ -37,7 +37,8 @@ def test_run_directory_layout(moses_run):
     assert saved["completed"] == 2 and saved["tasks"] == ["alive", "size"]
     assert len(saved["R"]) == 2 and saved["R"][0][1] is None  # future tasks not evaluated by default
     log = read_jsonl(output / "train_log.jsonl")
-    assert [r["task"] for r in log] == ["alive"] * 2 * EPOCHS + ["size"] * 2 * EPOCHS and all(r["loss"] > 0 for r in log)
+    assert [r["task"] for r in log] == ["alive"] * 2 * EPOCHS + ["size"] * 2 * EPOCHS
+    assert all(r["loss"] > 0 for r in log)
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["00-alive", "01-size"]  # the two newest
     assert saved["capacity"]["num_tasks"] == 2 and saved["metrics"]["OP"] is not None
 
