@@ -68,7 +68,7 @@ class MoSEsLayer(nn.Module):
         self.router_inputs = (config.num_subexperts * config.rank if config.router_input == "subexperts"
                               else None)  # None: route on the hidden state x
         # a token router on x is stacked under A_t, so one matmul yields subexpert inputs and router logits
-        self.fuses_router = config.routing == "token" and self.router_inputs is None
+        self.fuses_router = config.routing == "token" and self.router_inputs is None and config.ownership == "entries"
         self.load_balance_coef = config.load_balance_coef
         self.dedicated = config.ownership == "subexperts"  # reading R2: each task owns whole subexperts
         self.new_subexperts = config.new_subexperts
@@ -95,11 +95,13 @@ class MoSEsLayer(nn.Module):
         # does not rebuild every task's weights at every decoding step
         self._inference_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
         self._fresh_own_A: tuple[int, torch.Tensor] | None = None  # R2: (task, its own A as first drawn)
-        self._readable: dict[tuple[int, torch.device], torch.Tensor] = {}  # R2: feature masks per readable width
+        self._gate_constants: dict[tuple, tuple[torch.Tensor, ...]] = {}  # R2: see gate_constants
         self.reset_parameters()
         if self.dedicated:  # R2 masks follow ownership, not scores
             self.scores_A.requires_grad_(False)
             self.scores_B.requires_grad_(False)
+            self.lora_A.register_hook(self.own_rows_only)
+            self.lora_B.register_hook(self.own_rows_only)
 
     # ---- initialisation (explicit, seeded by the caller's torch generator) ----
     def reset_parameters(self) -> None:
@@ -235,34 +237,65 @@ class MoSEsLayer(nn.Module):
             raise TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
         return live_a * mask_a, live_b * mask_b
 
+    # ---- reading R2: task t reads subexperts 0 .. (t+1)*new_subexperts - 1 (its own and the earlier tasks') ----
+    def readable_subexperts(self, task: int) -> int:
+        return (task + 1) * self.new_subexperts
+
     def pool_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """R2: the whole pool (A, B), gradients only into the training task's own subexperts. Unlike
-        `task_weights` nothing is masked: the subexperts a task may not read get gate 0, and the router reads
-        their features zeroed (`readable_features`), so its output equals the masked form exactly, costs no
-        mask products, and one pool serves every task of a mixed batch."""
-        a, b = self.lora_A, self.lora_B
+        """R2: A and B of the subexperts task `task` reads, gradients only into the training task's own
+        ones. Nothing is masked and the subexperts after them are not computed, so a task costs what it
+        reads, not the whole pool."""
+        width = self.readable_subexperts(task)
+        a, b = self.lora_A[:width], self.lora_B[:width]
         if task != self.context.training:
             if task >= self.num_stored_masks:
                 raise TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
             return a.detach(), b.detach()
-        own = slice(task * self.new_subexperts, (task + 1) * self.new_subexperts)
-        return (torch.cat([a[:own.start].detach(), a[own], a[own.stop:].detach()]),
-                torch.cat([b[:own.start].detach(), b[own], b[own.stop:].detach()]))
+        return a, b  # the earlier tasks' rows get no gradient: `own_rows_only` clears it (fewer ops than a mask)
 
-    def readable_features(self, features: torch.Tensor, task: int) -> torch.Tensor:
-        """R2: the subexpert features A x with those of subexperts task `task` may not read set to 0, which
-        is what its router saw when it was trained (later tasks' subexperts must not move an ended task)."""
-        readable = (task + 1) * self.new_subexperts * self.rank
-        if readable >= features.shape[-1]:
-            return features
-        keep = self._readable.get((readable, features.device))
-        if keep is None:
-            keep = torch.arange(features.shape[-1], device=features.device) < readable
-            self._readable[(readable, features.device)] = keep
-        return features.masked_fill(~keep, 0)
+    def own_rows_only(self, grad: torch.Tensor) -> torch.Tensor:
+        """R2's gradient hook on the pool: only the training task's own subexperts receive gradient, so an
+        ended task's subexperts stay bit-identical whatever optimizer is used (E5)."""
+        task = self.context.training
+        if task is None:
+            return torch.zeros_like(grad)
+        key = (task, "gradient", grad.device)
+        if key not in self._gate_constants:
+            own = self.gate_constants(task, torch.bool, grad.device)[1]
+            self._gate_constants[key] = (F.pad(own, (0, self.num_subexperts - len(own)))[:, None, None],)
+        return torch.where(self._gate_constants[key][0], grad, 0.0)
+
+    def flat_pool(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """R2 inference: the first `width` subexperts as (width*r, d_in) and (d_out, width*r), kept until the
+        pool changes."""
+        key = ("pool", width, self.lora_A._version, self.lora_B._version)
+        cached = self._inference_cache.get(-width)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        a, b = self.lora_A[:width].detach(), self.lora_B[:width].detach()
+        flat = (a.reshape(width * self.rank, self.in_features),
+                b.permute(1, 0, 2).reshape(self.out_features, width * self.rank))
+        self._inference_cache[-width] = (key, *flat)
+        return flat
+
+    def dedicated_logits(self, features: torch.Tensor, task: int) -> torch.Tensor:
+        """R2 router logits over the subexperts the task reads, from its readable subexpert features (or the
+        hidden state). In fp32 even under autocast: a matmul this thin costs a fixed ~40 us in CPU bf16
+        against ~5 us in fp32 (benchmarks/results/step_time.md)."""
+        width = self.readable_subexperts(task)
+        router = self.routers[task]
+        if self.routing == "task":
+            return router[:width]
+        if self.router_inputs:  # the features of the subexperts it reads (a wider prefix is cut)
+            features, weight = features[..., : width * self.rank], router[:width, : width * self.rank]
+        else:
+            weight = router[:width]
+        with torch.autocast(features.device.type, enabled=False):
+            return F.linear(features.float(), weight)
 
     def flat_task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A_t as (N*r, d_in) (with the router's N rows below it when fused) and B_t as (d_out, N*r). At
+        """A_t as (N*r, d_in) (with the router's N rows below it when fused) and B_t as (d_out, N*r); under
+        R2 only the subexperts the task reads (`pool_weights`). At
         inference of an ended task they are kept until the pool or router changes (the tensors' version
         counters), so decoding does not rebuild them every token."""
         key = (task, self.lora_A._version, self.lora_B._version, self.routers[task]._version,
@@ -271,11 +304,8 @@ class MoSEsLayer(nn.Module):
         cached = self._inference_cache.get(task) if cacheable else None
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        n_r = self.num_subexperts * self.rank
-        if self.dedicated:
-            a, b = self.pool_weights(task)
-        else:
-            a, b = self.task_weights(task)
+        a, b = self.pool_weights(task) if self.dedicated else self.task_weights(task)
+        n_r = a.shape[0] * self.rank
         a_flat, b_flat = a.reshape(n_r, self.in_features), b.permute(1, 0, 2).reshape(self.out_features, n_r)
         if self.fuses_router:
             a_flat = torch.cat([a_flat, self.routers[task]])
@@ -287,11 +317,12 @@ class MoSEsLayer(nn.Module):
         """Dense gate values [..., N]: softmax over the top-k router logits, 0 elsewhere (E3). `x` is what the
         router reads: the hidden state, or the subexpert features A_t x (router_input="subexperts");
         `logits` when they were computed already (fused with A_t)."""
+        if self.dedicated:
+            gates = self.dedicated_gates(self.dedicated_logits(x, task) if logits is None else logits, task)
+            return F.pad(gates, (0, self.num_subexperts - gates.shape[-1]))
         if logits is None:
             router = self.routers[task]
             logits = F.linear(x, router) if self.routing == "token" else router
-        if self.dedicated:
-            return self.dedicated_gates(logits, task)
         top = logits.topk(self.top_k, dim=-1)
         gates = torch.zeros_like(logits).scatter(-1, top.indices, top.values.softmax(dim=-1))
         if self.routing == "token" and self.load_balance_coef > 0 and torch.is_grad_enabled():
@@ -299,18 +330,31 @@ class MoSEsLayer(nn.Module):
         return gates
 
     def dedicated_gates(self, logits: torch.Tensor, task: int) -> torch.Tensor:
-        """R2 gates: 1 on the task's own subexperts; on the earlier tasks' subexperts, the softmax over the
-        top-k router logits among them times the task's transfer gate (0 at the start: delta starts at 0)."""
-        n = self.new_subexperts
-        old = task * n
-        own = logits.new_ones(*logits.shape[:-1], n)
-        free = logits.new_zeros(*logits.shape[:-1], self.num_subexperts - old - n)
-        if old == 0:
-            return torch.cat([own, free], dim=-1)
-        top = logits[..., :old].topk(min(self.top_k, old), dim=-1)
+        """R2 gates [..., (task+1)*new_subexperts] over the subexperts the task reads: 1 on its own ones; on the
+        earlier tasks', the softmax over the top-k router logits among them times the task's transfer gate
+        (0 at the start: delta starts at 0). The own subexperts' logits are set to -inf so top-k runs over
+        one tensor (with fewer old subexperts than k, the -inf ones get weight 0)."""
+        logits = logits[..., : self.readable_subexperts(task)]
+        closed, own = self.gate_constants(task, logits.dtype, logits.device)
+        if task == 0:
+            return own.expand(*logits.shape[:-1], -1)
+        top = (logits + closed).topk(self.top_k, dim=-1)
         chosen = top.values.softmax(dim=-1) * self.transfer_gates[task].to(logits.dtype)
-        borrowed = torch.zeros_like(logits[..., :old]).scatter(-1, top.indices, chosen)
-        return torch.cat([borrowed, own, free], dim=-1)
+        return torch.zeros_like(logits).scatter(-1, top.indices, chosen) + own
+
+    def gate_constants(self, task: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """R2, over the subexperts task `task` reads, built once per dtype and device: (0 on the ones it may
+        borrow and -inf on its own, 1 on its own and 0 elsewhere); as booleans (borrowable, own)."""
+        key = (task, dtype, device)
+        if key not in self._gate_constants:
+            index = torch.arange(self.readable_subexperts(task), device=device)
+            own = index >= task * self.new_subexperts
+            if dtype == torch.bool:
+                self._gate_constants[key] = (~own, own)
+            else:
+                closed = torch.zeros(len(index), device=device).masked_fill(own, float("-inf"))
+                self._gate_constants[key] = (closed.to(dtype), own.to(dtype))
+        return self._gate_constants[key]
 
     def load_balance_loss(self, logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         """E6, Switch form: lambda * N * sum_i f_i P_i, f_i the share of routing slots, P_i the mean prob."""
@@ -321,25 +365,25 @@ class MoSEsLayer(nn.Module):
 
     def adapter_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         a, b = self.flat_task_weights(task)
-        n_r = self.num_subexperts * self.rank
-        x = self.dropout(x.to(a.dtype))
-        projected = F.linear(x, a)
-        down = projected[..., :n_r]
-        if self.fuses_router:
-            gates = self.gates(None, task, logits=projected[..., n_r:])
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast F.linear casts x itself
+            x = x.to(a.dtype)
+        x = self.dropout(x)
+        down = F.linear(x, a)
+        if self.dedicated:
+            gates = None if task == 0 else self.dedicated_gates(  # task 0 reads only its own: gates all 1
+                self.dedicated_logits(down if self.router_inputs else x, task), task)
+        elif self.fuses_router:
+            n_r = self.num_subexperts * self.rank
+            down, logits = down[..., :n_r], down[..., n_r:]
+            gates = self.gates(None, task, logits=logits)
         else:
-            gates = self.gates(self.router_features(down, x, task), task)
+            gates = self.gates(down if self.router_inputs else x, task)
         return self.mix(down, gates, b)
 
-    def router_features(self, down: torch.Tensor, x: torch.Tensor, task: int) -> torch.Tensor:
-        """What task `task`'s router reads: the hidden state, or its readable subexpert features."""
-        if not self.router_inputs:
-            return x
-        return self.readable_features(down, task) if self.dedicated else down
-
-    def mix(self, down: torch.Tensor, gates: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """sum_i g_i B_t[i] (A_t[i] x): the gated subexpert features through the stacked B."""
-        down = (down.unflatten(-1, (self.num_subexperts, self.rank)) * gates.unsqueeze(-1)).flatten(-2)
+    def mix(self, down: torch.Tensor, gates: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+        """sum_i g_i B_t[i] (A_t[i] x): the gated subexpert features through the stacked B (gates None: 1)."""
+        if gates is not None:
+            down = (down.unflatten(-1, (-1, self.rank)) * gates.to(down.dtype).unsqueeze(-1)).flatten(-2)
         return F.linear(down, b) * self.scaling
 
     def reference_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
@@ -382,20 +426,27 @@ class MoSEsLayer(nn.Module):
         return delta
 
     def mixed_batch_pool_delta(self, x: torch.Tensor, sample_tasks: torch.Tensor) -> torch.Tensor:
-        """R2: every task reads the same pool, so a mixed batch is two matmuls for all of its samples; only the
-        gates (router, top-k) are computed per task, on that task's rows. Equals `adapter_delta` per sample."""
+        """R2: every task reads a prefix of the same pool, so a mixed batch is two matmuls over the widest
+        prefix for all of its samples; only the gates (router, top-k) are computed per task, on that task's
+        rows, and are 0 beyond the subexperts it reads. Equals `adapter_delta` per sample."""
         tasks = [t for t in sample_tasks.unique().tolist() if t >= 0]
+        for task in tasks:
+            if task >= self.num_stored_masks and task != self.context.training:
+                raise TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
         if not tasks:
             return torch.zeros(*x.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
-        a, b = self.flat_task_weights(tasks[0])
-        n_r = self.num_subexperts * self.rank
-        down = F.linear(self.dropout(x.to(a.dtype)), a[:n_r])
-        gates = down.new_zeros(*down.shape[:-1], self.num_subexperts)
+        width = max(self.readable_subexperts(t) for t in tasks)
+        a, b = self.flat_pool(width)
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(a.dtype)
+        down = F.linear(self.dropout(x), a)
+        gates = down.new_zeros(*down.shape[:-1], width, dtype=torch.float32)
         for task in tasks:
             rows = (sample_tasks == task).nonzero().squeeze(1)
-            features = self.router_features(down.index_select(0, rows), x.index_select(0, rows).to(a.dtype), task)
-            chosen = self.gates(features, task)  # [N] when routing="task": the same for every token
-            gates = gates.index_copy(0, rows, chosen.expand(*features.shape[:-1], -1).to(gates.dtype))
+            features = (down if self.router_inputs else x).index_select(0, rows)
+            chosen = self.dedicated_gates(self.dedicated_logits(features, task), task)
+            chosen = F.pad(chosen, (0, width - chosen.shape[-1])).expand(*features.shape[:-1], -1)
+            gates = gates.index_copy(0, rows, chosen.to(gates.dtype))
         return self.mix(down, gates, b)
 
     def merged_delta_weight(self, task: int) -> torch.Tensor:
