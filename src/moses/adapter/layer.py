@@ -280,8 +280,8 @@ class MoSEsLayer(nn.Module):
 
     def dedicated_logits(self, features: torch.Tensor, task: int) -> torch.Tensor:
         """R2 router logits over the subexperts the task reads, from its readable subexpert features (or the
-        hidden state). In fp32 even under autocast: a matmul this thin costs a fixed ~40 us in CPU bf16
-        against ~5 us in fp32 (benchmarks/results/step_time.md)."""
+        hidden state). In fp32 even under autocast: on CPU a matmul this thin costs several times more in bf16
+        than in fp32 (benchmarks/thin_matmul.py)."""
         width = self.readable_subexperts(task)
         router = self.routers[task]
         if self.routing == "task":
