@@ -124,6 +124,24 @@ def test_multitask_trains_once_on_the_union():
     assert len(method.training_examples(stream[1], 1, stream)) == 16
 
 
+@pytest.mark.parametrize("name", ["multitask", "zero-shot"])
+def test_untrained_rows_reuse_the_zero_shot_answers_exactly(name, tiny_model_dir, tmp_path, monkeypatch):
+    """Before its first training example the model is the base model: the runner copies the zero-shot row's
+    answers instead of generating them again, and they equal what generating gives."""
+    from moses.runner import run as run_module
+
+    calls = []
+    real = run_module.evaluate_task
+    monkeypatch.setattr(run_module, "evaluate_task", lambda *a, **k: calls.append(a[2].name) or real(*a, **k))
+    reused = run(tiny_config(tiny_model_dir, tmp_path / "reused", method=name, zero_shot=True), **QUIET)
+    assert calls == ["alive", "size"] + (["alive", "size"] if name == "multitask" else [])  # zero-shot row first
+    monkeypatch.setattr(METHODS[name], "base_until_trained", False)
+    generated = run(tiny_config(tiny_model_dir, tmp_path / "generated", method=name, zero_shot=True), **QUIET)
+    assert reused["R"] == generated["R"] and reused["R"][0][0] == reused["zero_shot"][0]
+    for path in (tmp_path / "generated" / "predictions").iterdir():
+        assert (tmp_path / "reused" / "predictions" / path.name).read_text() == path.read_text()
+
+
 def test_moe_lora_never_freezes(tiny_model_dir, tmp_path):
     results = run(tiny_config(tiny_model_dir, tmp_path, method="moe-lora"), **QUIET)
     from moses.adapter import MoSEsModel

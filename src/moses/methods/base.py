@@ -20,6 +20,9 @@ from moses.data.stream import Example, Task
 class Method:
     name: ClassVar[str]
     uses_task_id: ClassVar[bool] = False  # True: inference needs the task id (TIL)
+    # True: until its first training example the method's model is the base model exactly (no adapter, or one
+    # whose delta is 0), so the runner reuses the zero-shot row's answers instead of generating them again
+    base_until_trained: ClassVar[bool] = False
     # the run's token limits, set by the runner, for methods that encode examples themselves
     max_prompt_tokens: int = 320
     max_answer_tokens: int = 64

@@ -14,6 +14,7 @@ from moses.methods.base import Method
 
 class ZeroShotMethod(Method):
     name = "zero-shot"
+    base_until_trained = True  # always: every row is the zero-shot row
 
     def prepare(self, model: nn.Module, tokenizer) -> nn.Module:
         self.tokenizer = tokenizer

@@ -210,10 +210,16 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
         model = method.prepare(base, tokenizer)
     results["trainable_parameters"] = method.trainable_parameters()
 
-    def evaluate_row(stage: str, columns: list[int], task_given: bool) -> list[float | None]:
+    def evaluate_row(stage: str, columns: list[int], task_given: bool, as_base: bool = False) -> list[float | None]:
         began = time.perf_counter()
         row: list[float | None] = [None] * len(tasks)
         for j in columns:
+            if as_base:  # the model is the base model: the zero-shot row's answers, not generated again
+                row[j] = results["zero_shot"][j]
+                if main:
+                    source = output / "predictions" / f"zero-shot-{names[j]}.jsonl"
+                    atomic_write_text(output / "predictions" / f"{stage}-{names[j]}.jsonl", source.read_text())
+                continue
             with method.inference_context(names[j] if task_given else None):
                 score, records = evaluate_task(model, tokenizer, tasks[j], config.eval_batch_size,
                                                config.max_prompt_tokens, precision)
@@ -232,6 +238,11 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
             echo(f"[{label}] zero-shot row reused from {zero_shot_from}")
         if main:
             _write_results(output, results)
+    def still_base(stage: int) -> bool:
+        """Whether the model after `stage` is still the base model (and its zero-shot answers are saved)."""
+        return (method.base_until_trained and results["zero_shot"] is not None
+                and all(not method.training_examples(tasks[k], k, tasks) for k in range(stage + 1)))
+
     for i in range(completed, len(tasks)):
         task = tasks[i]
         set_seed(config.seed + i)
@@ -249,7 +260,7 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
         columns = list(range(len(tasks))) if config.fwt else list(range(i + 1))
         if config.eval_rows == "diagonal" and i < len(tasks) - 1:
             columns = [i]
-        row = evaluate_row(f"after-{i:02d}", columns, task_given=True)
+        row = evaluate_row(f"after-{i:02d}", columns, task_given=True, as_base=still_base(i))
         results["R"] = results["R"][:i] + [row]
         if config.tail:
             tail_row = evaluate_row(f"after-{i:02d}-tail", columns, task_given=False)
