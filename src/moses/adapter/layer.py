@@ -7,6 +7,11 @@ logits (E3). The N subexperts are stacked, so A_t x for all of them is one matmu
 (N*r, d_in) matrix; the gates zero the subexperts outside the top-k and a second matmul against the
 (d_out, N*r) matrix of B_t sums the chosen ones. `reference_delta` is the slow per-subexpert loop kept
 for tests.
+
+Reading R2 (ownership="subexperts", the default) needs no masks: task t reads exactly the subexperts
+0 .. (t+1)n - 1 (the earlier tasks' and its n own ones), so it computes that prefix of the pool and no more;
+its own subexperts have gate 1, the earlier ones the task's top-k routing times its transfer gate, and a
+gradient hook keeps every row but its own ones from learning.
 """
 
 from __future__ import annotations
@@ -275,7 +280,7 @@ class MoSEsLayer(nn.Module):
         a, b = self.lora_A[:width].detach(), self.lora_B[:width].detach()
         flat = (a.reshape(width * self.rank, self.in_features),
                 b.permute(1, 0, 2).reshape(self.out_features, width * self.rank))
-        self._inference_cache[-width] = (key, *flat)
+        self._inference_cache[-width] = (key, *flat)  # negative keys: pool prefixes, beside the tasks' entries
         return flat
 
     def dedicated_logits(self, features: torch.Tensor, task: int) -> torch.Tensor:
@@ -295,9 +300,9 @@ class MoSEsLayer(nn.Module):
 
     def flat_task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A_t as (N*r, d_in) (with the router's N rows below it when fused) and B_t as (d_out, N*r); under
-        R2 only the subexperts the task reads (`pool_weights`). At
-        inference of an ended task they are kept until the pool or router changes (the tensors' version
-        counters), so decoding does not rebuild them every token."""
+        R2 only the subexperts the task reads (`pool_weights`). At inference of an ended task they are kept
+        until the pool or router changes (the tensors' version counters), so decoding does not rebuild them
+        every token."""
         key = (task, self.lora_A._version, self.lora_B._version, self.routers[task]._version,
                self.num_stored_masks)
         cacheable = not torch.is_grad_enabled() and task != self.context.training
