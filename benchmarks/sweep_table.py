@@ -1,0 +1,64 @@
+"""The learning-rate sweep as one table: each method's OP (95% bootstrap interval) at every swept lr, from a
+`moses compare` of the sweep's variants (`<method>-lr1e-3`, ...; the plain method name is the run's lr), and
+the lr each method is then run at (the best OP).
+
+    python benchmarks/sweep_table.py benchmarks/results/lr_sweep/compare.json [--plain-lr 2e-3]
+        [--alias moses-r2-rank2-warm=r2@5e-3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+
+def sweep_rows(rows: list[dict], plain_lr: str, aliases: dict[str, tuple[str, str]] | None = None
+               ) -> dict[str, dict[str, dict]]:
+    """{method: {lr: compare row}} for the rows named `<method>` (at `plain_lr`) or `<method>-lr<lr>`, or
+    named in `aliases` (name: (method, lr))."""
+    table: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        match = re.fullmatch(r"(.+)-lr([0-9.]+e-[0-9]+)", row["method"])
+        if row["method"] in (aliases or {}):
+            method, lr = aliases[row["method"]]
+        else:
+            method, lr = (match.group(1), match.group(2)) if match else (row["method"], plain_lr)
+        table.setdefault(method, {})[lr] = row
+    return table
+
+
+def markdown(table: dict[str, dict[str, dict]]) -> str:
+    lrs = sorted({lr for by_lr in table.values() for lr in by_lr}, key=float)
+    lines = ["| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " | best lr |",
+             "|---" * (len(lrs) + 2) + "|"]
+    for method, by_lr in table.items():
+        if len(by_lr) < 2:  # not a sweep (e.g. an ablation variant)
+            continue
+        cells = []
+        for lr in lrs:
+            row = by_lr.get(lr)
+            cells.append("-" if row is None or row["OP"] is None else
+                         f"{row['OP']:.1f} [{row['OP_ci'][0]:.1f}, {row['OP_ci'][1]:.1f}]")
+        best = max((lr for lr in by_lr if by_lr[lr]["OP"] is not None), key=lambda lr: by_lr[lr]["OP"])
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {best} ({len(by_lr)} of {len(lrs)} swept) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("compare_json", type=Path)
+    parser.add_argument("--plain-lr", default="2e-3", help="the lr of the rows named by the method alone")
+    parser.add_argument("--alias", action="append", default=[], help="NAME=METHOD@LR for a row named otherwise")
+    args = parser.parse_args()
+    aliases = {}
+    for alias in args.alias:
+        name, _, target = alias.partition("=")
+        method, _, lr = target.partition("@")
+        aliases[name] = (method, lr)
+    print(markdown(sweep_rows(json.loads(args.compare_json.read_text()), args.plain_lr, aliases)))
+
+
+if __name__ == "__main__":
+    main()
