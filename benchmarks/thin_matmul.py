@@ -31,7 +31,7 @@ def main() -> None:
         operands = {dt: (torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)) for dt in times}
         for _ in range(args.rounds):  # interleaved, so drifts of the machine hit both
             for dt, (a, b) in operands.items():
-                times[dt].append(median_seconds(lambda a=a, b=b: [a @ b for _ in range(repeats)], 3) / repeats)
+                times[dt].append(median_seconds(lambda a=a, b=b, n=repeats: [a @ b for _ in range(n)], 3) / repeats)
         fp32, bf16 = (statistics.median(times[dt]) * 1e6 for dt in (torch.float32, torch.bfloat16))
         rows.append({"shape": f"{m}x{k} @ {k}x{n}", "fp32_us": fp32, "bf16_us": bf16, "bf16/fp32": bf16 / fp32})
     write_results("thin_matmul", {"rows": rows, "threads": torch.get_num_threads(), "rounds": args.rounds}, rows,
