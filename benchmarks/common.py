@@ -87,7 +87,7 @@ def write_results(name: str, payload: dict, table_rows: list[dict], columns: lis
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # MoSEs configurations the timing benchmarks compare: the package default (reading R2) and reading R1
 MOSES_OPTIONS = {"moses": {},  # the package defaults: reading R2, one rank-2 subexpert per task, top-2 borrowing
-                 "moses-r1": {"ownership": "entries", "router_input": "hidden", "rank": 4}}  # the 0.1.0 defaults
+                 "moses-r1": {"ownership": "entries", "router_input": "hidden", "rank": 4}}  # the defaults before 0.2.0
 
 
 def training_adapter(name: str, base, lr: float, tasks_before: int = 0):

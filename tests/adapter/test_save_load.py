@@ -126,8 +126,8 @@ def test_bad_value_in_saved_config_names_file_and_field(saved):
 
 
 def test_config_saved_before_r2_became_the_default_loads_as_r1(saved):
-    """An adapter_config.json written by 0.1.0 has no ownership, router_input or own_init keys: it loads
-    under the defaults it was saved with (reading R1), not under today's R2 defaults."""
+    """An adapter_config.json written before these fields existed has no ownership, router_input or own_init
+    keys: it loads under the defaults it was saved with (reading R1), not under today's R2 defaults."""
     arch, model, directory = saved
     path = directory / "adapter_config.json"
     data = json.loads(path.read_text())

@@ -25,7 +25,7 @@ ATTENTION_TARGETS_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
 
 CONFIG_NAME = "adapter_config.json"
 
-# Defaults before reading R2 became the default (after 0.1.0): an adapter_config.json without these keys was saved
+# Defaults before reading R2 became the default (0.2.0): an adapter_config.json without these keys was saved
 # under them, so it loads as what it was trained as.
 LEGACY_DEFAULTS: dict[str, Any] = {"rank": 4, "router_input": "hidden", "ownership": "entries", "own_init": "fresh"}
 
