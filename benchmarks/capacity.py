@@ -1,5 +1,5 @@
 """Capacity growth over a 20-task stream on a 2-layer Llama with SmolLM2-135M's projection shapes: MoSEs
-stored bytes (c = 0.1 and 0.3; routers on the hidden state or on subexpert features) against per-task LoRAs
+stored bytes of reading R1 (c = 0.1 and 0.3; routers on the hidden state or on subexpert features) against per-task LoRAs
 of the same active rank, and the fitted growth exponent (bytes ~ tasks^b).
 
     python benchmarks/capacity.py
@@ -25,7 +25,7 @@ def grow(density: float, router_input: str) -> list[dict]:
     # every ratio below is per layer, so the layer count does not change it
     config = LlamaConfig(vocab_size=256, hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
                          num_attention_heads=9, num_key_value_heads=3, head_dim=64)
-    moses_config = MoSEsConfig(task_density=density, router_input=router_input)
+    moses_config = MoSEsConfig(ownership="entries", rank=4, task_density=density, router_input=router_input)  # R1
     model = get_moses_model(LlamaForCausalLM(config), moses_config)
     history = []
     for t in range(TASKS):
