@@ -1,6 +1,6 @@
-"""Capacity growth over a 20-task stream on a 2-layer Llama with SmolLM2-135M's projection shapes: MoSEs
-stored bytes of reading R1 (c = 0.1 and 0.3; routers on the hidden state or on subexpert features) against per-task LoRAs
-of the same active rank, and the fitted growth exponent (bytes ~ tasks^b).
+"""Capacity growth over a 20-task stream on a 2-layer Llama with SmolLM2-135M's projection shapes: stored
+bytes of MoSEs reading R1 (c = 0.1 and 0.3; routers on the hidden state or on subexpert features) against
+per-task LoRAs of the same active rank, and the fitted growth exponent (bytes ~ tasks^b).
 
     python benchmarks/capacity.py
 """
