@@ -3,7 +3,7 @@
 the lr each method is then run at (the best OP).
 
     python benchmarks/sweep_table.py benchmarks/results/lr_sweep/compare.json [--plain-lr 2e-3]
-        [--alias moses-r2-rank2-warm=r2@5e-3]
+        [--alias moses-r2-rank2-warm=r2@5e-3] [--plot sweep.png]
 """
 
 from __future__ import annotations
@@ -46,18 +46,44 @@ def markdown(table: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def plot(table: dict[str, dict[str, dict]], path: Path) -> None:
+    """OP against lr (log scale) per method, with the 95% intervals as error bars."""
+    from moses.report.plots import _figure, save_png
+
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, by_lr in table.items():
+        points = sorted((float(lr), row) for lr, row in by_lr.items() if row["OP"] is not None)
+        if len(points) < 2:
+            continue
+        lrs, ops = [lr for lr, _ in points], [row["OP"] for _, row in points]
+        errors = [[row["OP"] - row["OP_ci"][0] for _, row in points],
+                  [row["OP_ci"][1] - row["OP"] for _, row in points]]
+        ax.errorbar(lrs, ops, yerr=errors, marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("OP (95% CI)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    save_png(fig, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("compare_json", type=Path)
     parser.add_argument("--plain-lr", default="2e-3", help="the lr of the rows named by the method alone")
     parser.add_argument("--alias", action="append", default=[], help="NAME=METHOD@LR for a row named otherwise")
+    parser.add_argument("--plot", type=Path, help="also draw OP against lr per method into this PNG")
     args = parser.parse_args()
     aliases = {}
     for alias in args.alias:
         name, _, target = alias.partition("=")
         method, _, lr = target.partition("@")
         aliases[name] = (method, lr)
-    print(markdown(sweep_rows(json.loads(args.compare_json.read_text()), args.plain_lr, aliases)))
+    table = sweep_rows(json.loads(args.compare_json.read_text()), args.plain_lr, aliases)
+    print(markdown(table))
+    if args.plot:
+        plot(table, args.plot)
 
 
 if __name__ == "__main__":
