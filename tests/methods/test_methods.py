@@ -150,6 +150,7 @@ def test_moe_lora_never_freezes(tiny_model_dir, tmp_path):
     base, _ = load_model(tiny_model_dir)
     model = MoSEsModel.from_pretrained(base, tmp_path / "checkpoints" / "01-size")
     assert model.tasks == ["shared"] and model.training_task == "shared"
+    assert model.moses_config.ownership == "entries" and model.moses_config.rank == 4  # one shared R1-style pool
     assert all(not la.frozen_A.any() for _, la in model.moses_layers())
     assert results["capacity"]["stored_bytes"] > 0
 

@@ -16,6 +16,9 @@ from moses.errors import ConfigError
 from moses.methods.base import Method
 
 SHARED = "shared"
+# the pool it shares: N rank-4 subexperts under one token router on the hidden state (reading R1's layout with
+# c = 1), whatever MoSEsConfig's defaults are; options may change N, rank, top_k and the router input
+POOL_DEFAULTS: dict[str, Any] = {"ownership": "entries", "router_input": "hidden", "rank": 4}
 
 
 class MoELoRAMethod(Method):
@@ -25,9 +28,12 @@ class MoELoRAMethod(Method):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        if "task_density" in options:
-            raise ConfigError("moe-lora option task_density: not settable (the pool is never masked)")
-        self.config = MoSEsConfig.from_dict({**options, "task_density": 1.0}, source="moe-lora options")
+        for fixed, why in (("task_density", "the pool is never masked"),
+                           ("ownership", "one shared pool: no task owns anything")):
+            if fixed in options:
+                raise ConfigError(f"moe-lora option {fixed}: not settable ({why})")
+        self.config = MoSEsConfig.from_dict({**POOL_DEFAULTS, **options, "task_density": 1.0},
+                                            source="moe-lora options")
 
     def prepare(self, model: nn.Module, tokenizer) -> nn.Module:
         self.tokenizer = tokenizer
