@@ -55,13 +55,14 @@ def test_dedicated_subexperts_keep_old_tasks_and_start_at_zero(arch, router_inpu
     assert model.tasks == ["t1", "t2", "t3"]
 
 
-@pytest.mark.parametrize("router_input,routing", [("subexperts", "token"), ("hidden", "token"),
-                                                   ("hidden", "task")])
-def test_pool_forward_equals_the_masked_reference_and_serves_mixed_batches(router_input, routing):
+@pytest.mark.parametrize("router_input,routing,top_k", [("subexperts", "token", 2), ("hidden", "token", 2),
+                                                          ("hidden", "task", 2), ("subexperts", "token", 5)])
+def test_pool_forward_equals_the_masked_reference_and_serves_mixed_batches(router_input, routing, top_k):
     """R2 computes every task on the whole pool (no mask products): each task's delta equals the masked
     per-subexpert reference, with the later tasks' trained subexperts present in the pool, and one mixed
     batch (tasks 1, 3, 2, none) equals each task run alone."""
-    model = get_moses_model(build("llama"), dedicated_config(router_input=router_input, routing=routing))
+    model = get_moses_model(build("llama"), dedicated_config(router_input=router_input, routing=routing,
+                                                             top_k=top_k))  # 5: more than tasks 1, 2 can borrow
     for t, name in enumerate(["t1", "t2", "t3"]):
         train_task(model, name, steps=3, seed=t)
     x = torch.randn(2, 5, next(la for _, la in model.moses_layers()).in_features,
@@ -79,6 +80,9 @@ def test_pool_forward_equals_the_masked_reference_and_serves_mixed_batches(route
     for row, name in enumerate(["t1", "t3", "t2"]):
         torch.testing.assert_close(mixed[row], alone[name][row], rtol=1e-5, atol=1e-5)
     assert torch.equal(mixed[3], base[3])
+    with torch.no_grad():  # a batch of the first task alone: nothing to borrow anywhere
+        first = model(input_ids=batch["input_ids"], task_ids=torch.zeros(4, dtype=torch.long)).logits
+    torch.testing.assert_close(first, alone["t1"], rtol=1e-5, atol=1e-5)
     with pytest.raises(TaskError, match="no masks"):
         next(la for _, la in model.moses_layers()).pool_weights(3)
 

@@ -101,6 +101,7 @@ class MoSEsLayer(nn.Module):
         self._inference_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
         self._fresh_own_A: tuple[int, torch.Tensor] | None = None  # R2: (task, its own A as first drawn)
         self._gate_constants: dict[tuple, tuple[torch.Tensor, ...]] = {}  # R2: see gate_constants
+        self._plan: tuple | None = None  # R2: the gathered gates of the last mixed batch layout (decoding)
         self.reset_parameters()
         if self.dedicated:  # R2 masks follow ownership, not scores
             self.scores_A.requires_grad_(False)
@@ -343,7 +344,7 @@ class MoSEsLayer(nn.Module):
         closed, own = self.gate_constants(task, logits.dtype, logits.device)
         if task == 0:
             return own.expand(*logits.shape[:-1], -1)
-        top = (logits + closed).topk(self.top_k, dim=-1)
+        top = (logits + closed).topk(min(self.top_k, logits.shape[-1]), dim=-1)
         chosen = top.values.softmax(dim=-1) * self.transfer_gates[task].to(logits.dtype)
         return torch.zeros_like(logits).scatter(-1, top.indices, chosen) + own
 
@@ -445,6 +446,9 @@ class MoSEsLayer(nn.Module):
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(a.dtype)
         down = F.linear(self.dropout(x), a)
+        if self.routing == "token" and not torch.is_grad_enabled():
+            return self.mix(down, self.batched_dedicated_gates(down if self.router_inputs else x,
+                                                               sample_tasks, width), b)
         gates = down.new_zeros(*down.shape[:-1], width, dtype=torch.float32)
         for task in tasks:
             rows = (sample_tasks == task).nonzero().squeeze(1)
@@ -453,6 +457,51 @@ class MoSEsLayer(nn.Module):
             chosen = F.pad(chosen, (0, width - chosen.shape[-1])).expand(*features.shape[:-1], -1)
             gates = gates.index_copy(0, rows, chosen.to(gates.dtype))
         return self.mix(down, gates, b)
+
+    def batched_dedicated_gates(self, features: torch.Tensor, sample_tasks: torch.Tensor, width: int
+                                ) -> torch.Tensor:
+        """R2 gates [batch, ..., width] of a mixed batch in one pass for all of its tasks (inference): each
+        sample's router, borrow mask, own subexperts and transfer gate are gathered once per batch layout
+        (kept while decoding it), then one batched matmul and one top-k serve every sample. The same
+        numbers as `dedicated_gates` per task: a router's columns beyond the features its task reads are
+        zero, and a task with nothing to borrow has transfer gate 0."""
+        routers, closed, own, transfer = self._batch_plan(sample_tasks, width, features.shape[-1], features.device)
+        shape = features.shape
+        tokens = (1,) * (features.dim() - 2)  # the per-sample tensors broadcast over the token dimensions
+        closed, own = closed.view(shape[0], *tokens, width), own.view(shape[0], *tokens, width)
+        transfer = transfer.view(shape[0], *tokens, 1)
+        with torch.autocast(features.device.type, enabled=False):
+            logits = torch.bmm(features.float().reshape(shape[0], -1, shape[-1]), routers)
+        logits = logits.reshape(*shape[:-1], width) + closed
+        top = logits.topk(min(self.top_k, width), dim=-1)
+        chosen = top.values.softmax(dim=-1) * transfer
+        return torch.zeros_like(logits).scatter(-1, top.indices, chosen) + own
+
+    def _batch_plan(self, sample_tasks: torch.Tensor, width: int, fan_in: int, device: torch.device) -> tuple:
+        """Per sample of a mixed batch: its router's first `width` rows as [fan_in, width] (zero where its task
+        may not read), its 0/-inf borrow mask and own one-hot [width], and its transfer gate [1]."""
+        key = (tuple(sample_tasks.tolist()), width, fan_in, device,
+               tuple(r._version for r in self.routers), tuple(g._version for g in self.transfer_gates))
+        if self._plan is not None and self._plan[0] == key:
+            return self._plan[1]
+        batch, n, r = len(key[0]), self.new_subexperts, self.rank
+        routers = torch.zeros(batch, fan_in, width, device=device)
+        closed = torch.zeros(batch, width, device=device)
+        own = torch.zeros(batch, width, device=device)
+        transfer = torch.zeros(batch, 1, device=device)
+        for row, task in enumerate(key[0]):
+            if task < 0:  # no adapter: every gate stays 0
+                continue
+            readable = self.readable_subexperts(task)
+            router = self.routers[task].detach().float()
+            block = router[:readable, : readable * r] if self.router_inputs else router[:readable]
+            routers[row, : block.shape[1], :readable] = block.T
+            closed[row, task * n:] = float("-inf") if task else 0.0  # task 0: transfer gate 0 instead
+            own[row, task * n: readable] = 1.0
+            if task:
+                transfer[row] = self.transfer_gates[task].detach().float()
+        self._plan = (key, (routers, closed, own, transfer))
+        return self._plan[1]
 
     def merged_delta_weight(self, task: int) -> torch.Tensor:
         """Delta W of a task-routed task in the base layer's own weight layout."""
