@@ -15,8 +15,9 @@ from torch import nn
 
 from moses.adapter.capacity import capacity_report
 from moses.adapter.config import ATTENTION_TARGETS_BY_MODEL_TYPE, DEFAULT_TARGETS, MoSEsConfig
+from moses.adapter.dedicated import check_free_subexperts
 from moses.adapter.export import export_task_lora
-from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext, check_free_subexperts
+from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext
 from moses.adapter.save_load import adapter_state_dict, load_adapter, save_adapter
 from moses.adapter.taskid import TaskPrototypes, embed_prompts
 from moses.errors import ConfigError, TaskError
