@@ -238,6 +238,7 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
             echo(f"[{label}] zero-shot row reused from {zero_shot_from}")
         if main:
             _write_results(output, results)
+
     def still_base(stage: int) -> bool:
         """Whether the model after `stage` is still the base model (and its zero-shot answers are saved)."""
         return (method.base_until_trained and results["zero_shot"] is not None
