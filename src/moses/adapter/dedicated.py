@@ -61,7 +61,7 @@ class DedicatedSubexperts:
         a, b = self.lora_A[:width], self.lora_B[:width]
         if task != self.context.training:
             if task >= self.num_stored_masks:
-                raise TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
+                raise self.unknown_task(task)
             return a.detach(), b.detach()
         return a, b  # the earlier tasks' rows get no gradient: `own_rows_only` clears it (fewer ops than a mask)
 
@@ -84,9 +84,7 @@ class DedicatedSubexperts:
         cached = self._inference_cache.get(-width)
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        a, b = self.lora_A[:width].detach(), self.lora_B[:width].detach()
-        flat = (a.reshape(width * self.rank, self.in_features),
-                b.permute(1, 0, 2).reshape(self.out_features, width * self.rank))
+        flat = self.flatten(self.lora_A[:width].detach(), self.lora_B[:width].detach())
         self._inference_cache[-width] = (key, *flat)  # negative keys: pool prefixes, beside the tasks' entries
         return flat
 
@@ -139,14 +137,13 @@ class DedicatedSubexperts:
         tasks = [t for t in sample_tasks.unique().tolist() if t >= 0]
         for task in tasks:
             if task >= self.num_stored_masks and task != self.context.training:
-                raise TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
+                raise self.unknown_task(task)
         if not tasks:
             return torch.zeros(*x.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
         width = max(self.readable_subexperts(t) for t in tasks)
         a, b = self.flat_pool(width)
-        if not torch.is_autocast_enabled(x.device.type):
-            x = x.to(a.dtype)
-        down = F.linear(self.dropout(x), a)
+        x = self.adapter_input(x, a.dtype)
+        down = F.linear(x, a)
         if self.routing == "token" and not torch.is_grad_enabled():
             return self.mix(down, self.batched_dedicated_gates(down if self.router_inputs else x,
                                                                sample_tasks, width), b)
@@ -197,9 +194,9 @@ class DedicatedSubexperts:
             router = self.routers[task].detach().float()
             block = router[:readable, : readable * r] if self.router_inputs else router[:readable]
             routers[row, : block.shape[1], :readable] = block.T
-            closed[row, task * n:] = float("-inf") if task else 0.0  # task 0: transfer gate 0 instead
             own[row, task * n: readable] = 1.0
-            if task:
+            if task:  # task 0 borrows nothing: its transfer gate stays 0 (and its logits finite)
+                closed[row, task * n:] = float("-inf")
                 transfer[row] = self.transfer_gates[task].detach().float()
         self._plan = (key, (routers, closed, own, transfer))
         return self._plan[1]

@@ -208,8 +208,11 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
         elif task < self.num_stored_masks:
             mask_a, mask_b = self.task_mask(task)
         else:
-            raise TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
+            raise self.unknown_task(task)
         return live_a * mask_a, live_b * mask_b
+
+    def unknown_task(self, task: int) -> TaskError:
+        return TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
 
     def flat_task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A_t as (N*r, d_in) (with the router's N rows below it when fused) and B_t as (d_out, N*r); under
@@ -222,14 +225,23 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
         cached = self._inference_cache.get(task) if cacheable else None
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        a, b = self.pool_weights(task) if self.dedicated else self.task_weights(task)
-        n_r = a.shape[0] * self.rank
-        a_flat, b_flat = a.reshape(n_r, self.in_features), b.permute(1, 0, 2).reshape(self.out_features, n_r)
+        a_flat, b_flat = self.flatten(*(self.pool_weights(task) if self.dedicated else self.task_weights(task)))
         if self.fuses_router:
             a_flat = torch.cat([a_flat, self.routers[task]])
         if cacheable:
             self._inference_cache[task] = (key, a_flat, b_flat)
         return a_flat, b_flat
+
+    def flatten(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked subexperts A [n, r, d_in], B [n, d_out, r] as matmul operands (n*r, d_in), (d_out, n*r)."""
+        n_r = a.shape[0] * self.rank
+        return a.reshape(n_r, self.in_features), b.permute(1, 0, 2).reshape(self.out_features, n_r)
+
+    def adapter_input(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """x as the subexperts read it: in their dtype (under autocast F.linear casts it), after dropout."""
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(dtype)
+        return self.dropout(x)
 
     def gates(self, x: torch.Tensor | None, task: int, logits: torch.Tensor | None = None) -> torch.Tensor:
         """Dense gate values [..., N]: softmax over the top-k router logits, 0 elsewhere (E3). `x` is what the
@@ -256,9 +268,7 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
 
     def adapter_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         a, b = self.flat_task_weights(task)
-        if not torch.is_autocast_enabled(x.device.type):  # under autocast F.linear casts x itself
-            x = x.to(a.dtype)
-        x = self.dropout(x)
+        x = self.adapter_input(x, a.dtype)
         down = F.linear(x, a)
         if self.dedicated:
             gates = None if task == 0 else self.dedicated_gates(  # task 0 reads only its own: gates all 1

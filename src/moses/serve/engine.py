@@ -126,8 +126,8 @@ class Engine:
         indices = self.task_indices(requests)
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
-            key = (("greedy",) if request.temperature == 0 else (request.temperature, request.top_p, request.seed))
-            key += (request.ignore_eos,)
+            mode = ("greedy",) if request.temperature == 0 else (request.temperature, request.top_p, request.seed)
+            key = (*mode, request.ignore_eos)
             groups.setdefault(key, []).append(i)
         results: list[GenerationResult | None] = [None] * len(requests)
         for key, members in groups.items():
