@@ -193,3 +193,44 @@ def test_dedicated_masks_are_stored_as_one_bit_per_subexpert(tmp_path):
     masks = [v for k, v in state.items() if ".mask_" in k]
     assert masks and all(m.numel() == 1 for m in masks)  # 6 subexperts: one byte
     assert model.capacity()["mask_bytes_raw"] == len(masks)
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "gpt2"])
+def test_fresh_init_gradient_aligns_a_with_the_full_weight_gradient(arch_name):
+    """fresh_init="gradient": a fresh task's own A spans the top right-singular vectors of the base weight's
+    gradient on the given batch (computed here on an unwrapped copy of the base model), rows at norm 1/sqrt(3);
+    B stays 0 (delta 0), earlier tasks' subexperts and the base weights are untouched, and with own_init
+    "previous" the copied start is restored."""
+    reference = build(arch_name)
+    batch = random_batch(7)
+    reference.zero_grad()
+    reference(**batch).loss.backward()
+    model = get_moses_model(build(arch_name), dedicated_config(fresh_init="gradient", own_init="previous"))
+    train_task(model, "a", steps=3)
+    before = {n: (la.lora_A.detach().clone(), la.lora_B.detach().clone()) for n, la in model.moses_layers()}
+    model.add_task("b")  # own_init="previous": b starts as a copy of a's own subexperts
+    model.align_fresh_subexperts(lambda: model(**batch).loss)
+    for name, layer in model.moses_layers():
+        base_weight = layer.base_layer.weight
+        assert base_weight.grad is None and not base_weight.requires_grad
+        assert torch.equal(layer.lora_A[:2], before[name][0][:2])  # a's own subexperts are untouched
+        assert torch.equal(layer.lora_A[2:4], layer.lora_A[:2])  # and b's start is their copy again
+        assert torch.equal(layer.lora_B[2:4], layer.lora_B[:2])
+        fresh = layer._fresh_own_A[1].reshape(4, -1)  # b's fresh start: 2 subexperts of rank 2
+        grad = dict(reference.named_parameters())[name + ".weight"].grad
+        if arch_name == "gpt2":
+            grad = grad.T  # Conv1D stores [d_in, d_out]
+        top = torch.linalg.svd(grad, full_matrices=False)[2][:4]
+        assert torch.allclose(fresh.norm(dim=1), torch.full((4,), 3 ** -0.5), atol=1e-5)
+        assert torch.allclose((fresh @ top.T).abs() * 3 ** 0.5, torch.eye(4), atol=1e-3)  # same top subspace
+    assert model.own_init_sources[1] == 0
+    model.start_own_subexperts(None)  # the fresh start: aligned A, B 0, so delta 0
+    layer = next(la for _, la in model.moses_layers())
+    assert torch.equal(layer.lora_A[2:4], layer._fresh_own_A[1])
+    assert torch.equal(layer.lora_B[2:4], torch.zeros_like(layer.lora_B[2:4]))
+    with torch.no_grad():
+        assert torch.equal(probe(model), build(arch_name)(input_ids=PROBE["input_ids"]).logits)
+    with pytest.raises(ConfigError, match="fresh_init='gradient': needs ownership='subexperts'"):
+        MoSEsConfig(fresh_init="gradient", ownership="entries")
+    with pytest.raises(ConfigError, match="fresh_init"):
+        MoSEsConfig(fresh_init="svd")

@@ -195,16 +195,22 @@ def test_inflora_basis_keeps_the_threshold_of_the_input_energy():
     assert grow_basis(None, covariance, threshold=1.0, limit=4).shape == (6, 4)  # room kept for later tasks
 
 
-def test_inflora_fixes_a_orthogonal_to_earlier_tasks_and_trains_only_b(tiny_model_dir):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_inflora_fixes_a_orthogonal_to_earlier_tasks_and_trains_only_b(tiny_model_dir, precision):
+    """Also under bf16 autocast, as an accelerate-prepared model runs every forward: the input covariances
+    and the subspace stay fp32 (a bf16 covariance once broke the second task's start)."""
     from moses.data.demo import demo_stream
     from moses.models import load_model
 
     method = make_method("inflora", {"r": 2, "threshold": 0.9})
     method.prepare(*load_model(tiny_model_dir))
     stream = demo_stream(n_train=8)
-    method.on_task_start(stream[0], 0)
-    method.on_task_end(stream[0], 0)
-    method.on_task_start(stream[1], 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        method.on_task_start(stream[0], 0)
+        method.on_task_end(stream[0], 0)
+        method.on_task_start(stream[1], 1)
+    assert all(c.dtype == torch.float32 for c in method.covariances.values())
+    assert all(b.dtype == torch.float32 for b in method.bases.values())
     assert {n.split(".lora_")[1].split(".")[0] for n, p in method.model.named_parameters() if p.requires_grad} \
         == {"B"}
     assert all(".t1." in n for n, p in method.model.named_parameters() if p.requires_grad)

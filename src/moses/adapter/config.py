@@ -54,6 +54,8 @@ class MoSEsConfig:
     has, without touching the originals. `own_init="best"` chooses per task, among fresh and a copy of each
     earlier task's own subexperts, the start with the lowest loss on the task's first training examples
     (forward passes only; `MoSEsModel.choose_own_init`): a warm start where one helps, delta 0 where none does.
+    `fresh_init="gradient"` (R2) draws a fresh start's A from the top right-singular vectors of the task's
+    first-batch gradient of the base weight instead of uniformly (B stays 0; `MoSEsModel.align_fresh_subexperts`).
     """
 
     num_subexperts: int = 8
@@ -75,6 +77,7 @@ class MoSEsConfig:
     router_init: str = "random"
     transfer_lr_scale: float = 10.0
     own_init: str | None = None  # None means "best" under ownership="subexperts", "fresh" under "entries"
+    fresh_init: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.alpha is None:
@@ -132,6 +135,10 @@ class MoSEsConfig:
             raise bad("own_init", "must be 'fresh', 'previous' or 'best'")
         if self.own_init != "fresh" and self.ownership != "subexperts":
             raise bad("own_init", "needs ownership='subexperts' (a task owns whole subexperts only in R2)")
+        if self.fresh_init not in ("uniform", "gradient"):
+            raise bad("fresh_init", "must be 'uniform' or 'gradient'")
+        if self.fresh_init != "uniform" and self.ownership != "subexperts":
+            raise bad("fresh_init", "needs ownership='subexperts' (a fresh start of a task's own subexperts)")
         if self.router_init not in ("random", "previous"):
             raise bad("router_init", "must be 'random' or 'previous'")
         if self.ownership == "subexperts" and self.load_balance_coef > 0:

@@ -8,6 +8,8 @@ batch of several tasks reads one prefix of the pool for all of its samples.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -43,6 +45,25 @@ class DedicatedSubexperts:
                     raise TaskError(f"task {task} can start from an earlier task's subexperts, not task {source}")
                 self.lora_A[own] = self.lora_A[source * n:(source + 1) * n]
                 self.lora_B[own] = self.lora_B[source * n:(source + 1) * n]
+
+    def align_fresh_subexperts(self, task: int, weight_grad: torch.Tensor) -> None:
+        """R2, fresh_init="gradient": the rows of task `task`'s fresh own A become the top right-singular
+        vectors of the loss gradient of the full base weight (the idea of LoRA-GA, Wang et al. 2024, and
+        LoRA-One, Zhang et al. 2025), at the expected norm of the uniform draw (1/sqrt(3)); B stays 0, so the
+        task still starts at delta 0, and B's first steps move delta W within the subspace that full
+        fine-tuning's first step would use most. `weight_grad` is [d_out, d_in] (a Conv1D's is transposed)."""
+        n, r = self.new_subexperts, self.rank
+        grad = weight_grad.float() if isinstance(self.base_layer, torch.nn.Linear) else weight_grad.float().T
+        _, _, vh = torch.linalg.svd(grad, full_matrices=False)
+        own = slice(task * n, (task + 1) * n)
+        rows = self.lora_A[own].detach().clone().reshape(n * r, self.in_features)
+        k = min(n * r, vh.shape[0])  # a projection narrower than n*r keeps uniform rows for the rest
+        rows[:k] = vh[:k] / math.sqrt(3)
+        rows = rows.reshape(n, r, self.in_features)
+        with torch.no_grad():
+            self._fresh_own_A = (task, rows)
+            self.lora_A[own] = rows
+            self.lora_B[own] = 0.0
 
     def dedicated_masks(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """R2: task `task` reads every subexpert owned by it or an earlier task (indices below

@@ -160,6 +160,31 @@ class MoSEsModel(nn.Module):
             layer.start_own_subexperts(task, index)
         self.own_init_sources[task] = index
 
+    def align_fresh_subexperts(self, loss_of: Callable[[], torch.Tensor]) -> None:
+        """R2, fresh_init="gradient": set the training task's fresh own A, in every layer, from the gradient of
+        `loss_of()` (e.g. the loss on the task's first training batch, taken at the fresh start, delta 0) with
+        respect to the base weight it adapts (`MoSEsLayer.align_fresh_subexperts`). The base weights get no
+        stored gradient and nothing else changes; the task's chosen start is restored afterwards."""
+        task = self.context.training
+        if task is None or self.moses_config.ownership != "subexperts":
+            raise TaskError("align_fresh_subexperts() needs ownership='subexperts' and a task being trained")
+        source = self.own_init_sources[task]
+        self.start_own_subexperts(None)
+        layers = [layer for _, layer in self.moses_layers()]
+        weights = [layer.base_layer.weight for layer in layers]
+        was_trainable = [w.requires_grad for w in weights]
+        try:
+            for weight in weights:
+                weight.requires_grad_(True)
+            with torch.enable_grad():
+                grads = torch.autograd.grad(loss_of(), weights)
+        finally:
+            for weight, trainable in zip(weights, was_trainable, strict=True):
+                weight.requires_grad_(trainable)
+        for layer, grad in zip(layers, grads, strict=True):
+            layer.align_fresh_subexperts(task, grad)
+        self.start_own_subexperts(source)
+
     @torch.no_grad()
     def choose_own_init(self, loss_of: Callable[[], torch.Tensor]) -> int | None:
         """R2, own_init="best": try each start of the training task's own subexperts (fresh, then a copy of

@@ -94,7 +94,8 @@ class InfLoRAMethod(StackedLoRAMethod):
         def hook(name):
             def record(module, args):
                 x = args[0].detach().float()[mask[0].bool()]  # (real tokens, d_in)
-                sums[name] = sums.get(name, 0) + x.T @ x
+                with torch.autocast(x.device.type, enabled=False):  # a bf16 forward: still an fp32 sum
+                    sums[name] = sums.get(name, 0) + x.T @ x
             return record
 
         handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
@@ -120,7 +121,8 @@ class InfLoRAMethod(StackedLoRAMethod):
         adapter = self.adapters[-1]
         modules = self.lora_modules(adapter)
         self.covariances = self.input_covariances(task.train, modules)
-        self.eigens = {name: residual_eigen(self.covariances[name], self.bases.get(name)) for name in modules}
+        with torch.autocast(self.device_type, enabled=False):  # the subspace algebra in fp32 (and fp64)
+            self.eigens = {name: residual_eigen(self.covariances[name], self.bases.get(name)) for name in modules}
         for name, module in modules.items():
             weight = module.lora_A[adapter].weight  # (r, d_in): the r leading residual directions
             with torch.no_grad():
@@ -131,8 +133,9 @@ class InfLoRAMethod(StackedLoRAMethod):
         rank = self.options["r"]
         for name, covariance in self.covariances.items():
             limit = covariance.shape[0] - rank  # keep room for the next task's A
-            self.bases[name] = grow_basis(self.bases.get(name), covariance, self.options["threshold"], limit,
-                                          self.eigens[name])
+            with torch.autocast(self.device_type, enabled=False):
+                self.bases[name] = grow_basis(self.bases.get(name), covariance, self.options["threshold"], limit,
+                                              self.eigens[name])
         self.covariances, self.eigens = {}, {}
 
     def activate_all(self, trainable: str | None) -> None:
@@ -140,6 +143,10 @@ class InfLoRAMethod(StackedLoRAMethod):
         for name in self.adapters:  # every A is fixed: only the new B trains
             for module in self.lora_modules(name).values():
                 module.lora_A[name].weight.requires_grad_(False)
+
+    @property
+    def device_type(self) -> str:
+        return next(self.model.parameters()).device.type
 
     def save(self, directory: Path) -> None:
         super().save(directory)

@@ -19,7 +19,7 @@ from moses.methods.base import Method
 from moses.precision import autocast
 
 TAIL_RULES = ("prototype", "keys", "latest")
-SELECTION_EXAMPLES = 8  # own_init="best": the task's first training examples that choose its start
+SELECTION_EXAMPLES = 8  # own_init="best", fresh_init="gradient": the first training examples that set the start
 
 
 class MoSEsMethod(Method):
@@ -45,15 +45,17 @@ class MoSEsMethod(Method):
 
     def on_task_start(self, task: Task, index: int) -> None:
         self.model.add_task(task.name)
+        batch = training_batch(self.tokenizer, task.train[:SELECTION_EXAMPLES], self.max_prompt_tokens,
+                               self.max_answer_tokens)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+
+        def first_batch_loss() -> torch.Tensor:
+            with autocast(self.precision, self.device.type):
+                return answer_loss(self.model, batch)[0]
+
+        if self.config.fresh_init == "gradient":
+            self.model.align_fresh_subexperts(first_batch_loss)
         if self.config.own_init == "best" and index > 0:
-            batch = training_batch(self.tokenizer, task.train[:SELECTION_EXAMPLES], self.max_prompt_tokens,
-                                   self.max_answer_tokens)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-
-            def first_batch_loss() -> torch.Tensor:
-                with autocast(self.precision, self.device.type):
-                    return answer_loss(self.model, batch)[0]
-
             self.model.choose_own_init(first_batch_loss)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
