@@ -179,6 +179,50 @@ def test_random_batch_helper_is_deterministic():
     assert torch.equal(random_batch(1)["input_ids"], random_batch(1)["input_ids"])
 
 
+@pytest.mark.parametrize("name", ["lora-per-task", "o-lora"])
+def test_lora_fresh_init_gradient_aligns_each_new_adapter(tiny_model_dir, name):
+    """fresh_init="gradient" for the LoRA baselines (the control of MoSEs' own option): every new adapter's A
+    spans the top right-singular vectors of the base weight's gradient on the task's first batch, computed
+    here on an unwrapped base model; B stays 0; earlier adapters are untouched; inflora refuses it."""
+    from moses.data.collate import training_batch
+    from moses.data.demo import demo_stream
+    from moses.data.loss import answer_loss
+    from moses.methods.base import FIRST_BATCH
+    from moses.models import load_model
+
+    method = make_method(name, {"r": 2, "fresh_init": "gradient"})
+    method.prepare(*load_model(tiny_model_dir))
+    stream = demo_stream(n_train=8)
+    method.on_task_start(stream[0], 0)
+    method.on_task_end(stream[0], 0)
+    first = {n: p.detach().clone() for n, p in method.model.named_parameters() if ".t0." in n}
+    method.on_task_start(stream[1], 1)
+    assert all(torch.equal(p, first[n]) for n, p in method.model.named_parameters() if ".t0." in n)
+    # the base model's gradient: lora-per-task starts task 2 from it (o-lora with task 1's adapter on, so
+    # there only B = 0 and the norm are checked)
+    reference, tokenizer = load_model(tiny_model_dir)
+    batch = training_batch(tokenizer, stream[1].train[:FIRST_BATCH], method.max_prompt_tokens,
+                           method.max_answer_tokens)
+    answer_loss(reference, batch)[0].backward()
+    checked = 0
+    for module_name, module in method.model.named_modules():
+        if not (isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict) and "t1" in module.lora_A):
+            continue
+        a = module.lora_A["t1"].weight
+        assert torch.equal(module.lora_B["t1"].weight, torch.zeros_like(module.lora_B["t1"].weight))
+        torch.testing.assert_close(a.norm(dim=1), torch.full((2,), 3 ** -0.5), atol=1e-5, rtol=0)
+        if name == "lora-per-task":
+            grad = reference.get_submodule(module_name.split("base_model.model.")[-1]).weight.grad
+            top = torch.linalg.svd(grad, full_matrices=False)[2][:2]
+            torch.testing.assert_close((a @ top.T).abs() * 3 ** 0.5, torch.eye(2), atol=1e-3, rtol=0)
+        checked += 1
+    assert checked > 0
+    with pytest.raises(ConfigError, match="fresh_init"):
+        make_method("inflora", {"fresh_init": "gradient"})
+    with pytest.raises(ConfigError, match="fresh_init"):
+        make_method("seq-lora", {"fresh_init": "svd"})
+
+
 def test_inflora_basis_keeps_the_threshold_of_the_input_energy():
     from moses.methods.inflora import grow_basis, projected_covariance
 

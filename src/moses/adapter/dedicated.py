@@ -8,11 +8,10 @@ batch of several tasks reads one prefix of the pool for all of its samples.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from moses.adapter.gradient_init import aligned_rows
 from moses.errors import TaskError
 
 
@@ -48,18 +47,12 @@ class DedicatedSubexperts:
 
     def align_fresh_subexperts(self, task: int, weight_grad: torch.Tensor) -> None:
         """R2, fresh_init="gradient": the rows of task `task`'s fresh own A become the top right-singular
-        vectors of the loss gradient of the full base weight (the idea of LoRA-GA, Wang et al. 2024, and
-        LoRA-One, Zhang et al. 2025), at the expected norm of the uniform draw (1/sqrt(3)); B stays 0, so the
-        task still starts at delta 0, and B's first steps move delta W within the subspace that full
-        fine-tuning's first step would use most. `weight_grad` is [d_out, d_in] (a Conv1D's is transposed)."""
+        vectors of the loss gradient of the base weight (`gradient_init.aligned_rows`); B stays 0, so the task
+        still starts at delta 0. `weight_grad` is the base weight's (a Conv1D's is [d_in, d_out])."""
         n, r = self.new_subexperts, self.rank
-        grad = weight_grad.float() if isinstance(self.base_layer, torch.nn.Linear) else weight_grad.float().T
-        _, _, vh = torch.linalg.svd(grad, full_matrices=False)
+        grad = weight_grad if isinstance(self.base_layer, torch.nn.Linear) else weight_grad.T
         own = slice(task * n, (task + 1) * n)
-        rows = self.lora_A[own].detach().clone().reshape(n * r, self.in_features)
-        k = min(n * r, vh.shape[0])  # a projection narrower than n*r keeps uniform rows for the rest
-        rows[:k] = vh[:k] / math.sqrt(3)
-        rows = rows.reshape(n, r, self.in_features)
+        rows = aligned_rows(grad, self.lora_A[own].reshape(n * r, self.in_features)).reshape(n, r, self.in_features)
         with torch.no_grad():
             self._fresh_own_A = (task, rows)
             self.lora_A[own] = rows

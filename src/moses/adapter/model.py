@@ -17,6 +17,7 @@ from moses.adapter.capacity import capacity_report
 from moses.adapter.config import ATTENTION_TARGETS_BY_MODEL_TYPE, DEFAULT_TARGETS, MoSEsConfig
 from moses.adapter.dedicated import check_free_subexperts
 from moses.adapter.export import export_task_lora
+from moses.adapter.gradient_init import weight_gradients
 from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext
 from moses.adapter.save_load import adapter_state_dict, load_adapter, save_adapter
 from moses.adapter.taskid import TaskPrototypes, embed_prompts
@@ -171,16 +172,7 @@ class MoSEsModel(nn.Module):
         source = self.own_init_sources[task]
         self.start_own_subexperts(None)
         layers = [layer for _, layer in self.moses_layers()]
-        weights = [layer.base_layer.weight for layer in layers]
-        was_trainable = [w.requires_grad for w in weights]
-        try:
-            for weight in weights:
-                weight.requires_grad_(True)
-            with torch.enable_grad():
-                grads = torch.autograd.grad(loss_of(), weights)
-        finally:
-            for weight, trainable in zip(weights, was_trainable, strict=True):
-                weight.requires_grad_(trainable)
+        grads = weight_gradients(loss_of, [layer.base_layer.weight for layer in layers])
         for layer, grad in zip(layers, grads, strict=True):
             layer.align_fresh_subexperts(task, grad)
         self.start_own_subexperts(source)

@@ -6,7 +6,7 @@ A method owns how the base model is adapted and which parameters train; the one 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,7 +14,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from moses.data.collate import training_batch
+from moses.data.loss import answer_loss
 from moses.data.stream import Example, Task
+from moses.precision import autocast
+
+FIRST_BATCH = 8  # training examples that set up a task before its first step (see Method.first_batch_loss)
 
 
 class Method:
@@ -40,6 +45,21 @@ class Method:
 
     def on_task_start(self, task: Task, index: int) -> None:
         """Called before the first step of each task."""
+
+    def first_batch_loss(self, task: Task) -> Callable[[], torch.Tensor]:
+        """The answer loss of the current model on the task's first FIRST_BATCH training examples, under the
+        run's precision: what a method that sets up a task from data before training (a start chosen by loss,
+        a gradient-aligned A) scores it by."""
+        device = next(self.model.parameters()).device
+        batch = training_batch(self.tokenizer, task.train[:FIRST_BATCH], self.max_prompt_tokens,
+                               self.max_answer_tokens)
+        batch = {k: v.to(device) for k, v in batch.items()}
+
+        def loss() -> torch.Tensor:
+            with autocast(self.precision, device.type):
+                return answer_loss(self.model, batch)[0]
+
+        return loss
 
     def training_examples(self, task: Task, index: int, stream: list[Task]) -> list[Example]:
         """What the loop trains on during `task` (replay mixes in old examples; multitask the union)."""

@@ -74,6 +74,8 @@ class InfLoRAMethod(StackedLoRAMethod):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        if self.options["fresh_init"] != "uniform":
+            raise ConfigError("inflora option fresh_init: InfLoRA sets each A from its task's inputs (uniform only)")
         threshold = self.options["threshold"]
         if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
             raise ConfigError(f"inflora option threshold={threshold!r}: must be in (0, 1]")

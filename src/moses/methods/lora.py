@@ -13,15 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from moses.adapter.gradient_init import aligned_rows, weight_gradients
 from moses.data.stream import Task
 from moses.errors import CheckpointError, ConfigError
 from moses.io import atomic_write_text
 from moses.methods.base import Method
 
 LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.0,
-                                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+                                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                 "fresh_init": "uniform"}  # or "gradient": see align_fresh_adapter
 INDEX_FILE = "adapter_tasks.json"
 
 
@@ -36,6 +39,10 @@ class LoRAMethod(Method):
         if unknown:
             raise ConfigError(f"{self.name}: unknown option(s) {', '.join(unknown)} (known: {', '.join(defaults)})")
         super().__init__(**{**defaults, **options})
+        if self.options["fresh_init"] not in ("uniform", "gradient"):
+            raise ConfigError(f"{self.name} option fresh_init={self.options['fresh_init']!r}: must be uniform or "
+                              "gradient")
+        self.fresh_adapter: str | None = None  # an adapter created for the coming task, not trained yet
         self.adapters: list[str] = []
         self.task_adapters: dict[str, str] = {}  # task name -> the adapter that learned it
 
@@ -52,10 +59,27 @@ class LoRAMethod(Method):
         self.tokenizer = tokenizer
         self.model = get_peft_model(model, self.lora_config(), adapter_name="t0")
         self.adapters = ["t0"]
+        self.fresh_adapter = "t0"
         return self.model
 
     def on_task_start(self, task, index: int) -> None:
         self.task_adapters[task.name] = self.adapters[-1]
+        if self.fresh_adapter is not None and self.options["fresh_init"] == "gradient":
+            self.align_fresh_adapter(self.fresh_adapter, self.first_batch_loss(task))
+        self.fresh_adapter = None
+
+    def align_fresh_adapter(self, adapter: str, loss_of) -> None:
+        """fresh_init="gradient": the new adapter's A rows become the top right-singular vectors of the
+        gradient of `loss_of()` (taken as the task starts: B = 0) with respect to each adapted base weight, at
+        the uniform draw's norm (`moses.adapter.gradient_init`, the same rule as MoSEs' fresh_init)."""
+        modules = [m for m in self.model.modules()
+                   if isinstance(getattr(m, "lora_A", None), nn.ModuleDict) and adapter in m.lora_A]
+        grads = weight_gradients(loss_of, [m.base_layer.weight for m in modules])
+        with torch.no_grad():
+            for module, grad in zip(modules, grads, strict=True):
+                weight = module.lora_A[adapter].weight  # [r, d_in]
+                grad = grad if isinstance(module.base_layer, nn.Linear) else grad.T  # Conv1D: [d_in, d_out]
+                weight.copy_(aligned_rows(grad, weight))
 
     def add_adapter(self) -> str:
         """A new adapter, the only trainable one."""
@@ -63,6 +87,7 @@ class LoRAMethod(Method):
         self.model.add_adapter(name, self.lora_config())
         self.adapters.append(name)
         self.model.set_adapter(name)
+        self.fresh_adapter = name
         return name
 
     def lora_parameters(self, adapter: str | None = None) -> list[nn.Parameter]:
@@ -117,8 +142,8 @@ class StackedLoRAMethod(LoRAMethod):
     def on_task_start(self, task: Task, index: int) -> None:
         if index > 0:
             self.add_adapter()
+        self.activate_all(trainable=self.adapters[-1])  # before a fresh_init gradient: the model the task starts as
         super().on_task_start(task, index)
-        self.activate_all(trainable=self.adapters[-1])
 
     def activate_all(self, trainable: str | None) -> None:
         self.model.base_model.set_adapter(self.adapters)

@@ -11,15 +11,13 @@ import torch
 from torch import nn
 
 from moses.adapter import MoSEsConfig, MoSEsModel, get_moses_model
-from moses.data.collate import generation_batches, training_batch
-from moses.data.loss import answer_loss
+from moses.data.collate import generation_batches
 from moses.data.stream import Task
 from moses.errors import ConfigError
 from moses.methods.base import Method
 from moses.precision import autocast
 
 TAIL_RULES = ("prototype", "keys", "latest")
-SELECTION_EXAMPLES = 8  # own_init="best", fresh_init="gradient": the first training examples that set the start
 
 
 class MoSEsMethod(Method):
@@ -45,18 +43,10 @@ class MoSEsMethod(Method):
 
     def on_task_start(self, task: Task, index: int) -> None:
         self.model.add_task(task.name)
-        batch = training_batch(self.tokenizer, task.train[:SELECTION_EXAMPLES], self.max_prompt_tokens,
-                               self.max_answer_tokens)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-
-        def first_batch_loss() -> torch.Tensor:
-            with autocast(self.precision, self.device.type):
-                return answer_loss(self.model, batch)[0]
-
         if self.config.fresh_init == "gradient":
-            self.model.align_fresh_subexperts(first_batch_loss)
+            self.model.align_fresh_subexperts(self.first_batch_loss(task))
         if self.config.own_init == "best" and index > 0:
-            self.model.choose_own_init(first_batch_loss)
+            self.model.choose_own_init(self.first_batch_loss(task))
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         return self.model.optimizer_param_groups(lr)
