@@ -1,7 +1,8 @@
 """Serving throughput and latency of `moses serve` (a real server in its own process, called with the official
 `openai` client from client threads): tokens per second and p50 / p95 request latency at several numbers of
-concurrent clients, with the requests spread over the run's tasks (mixed) against all of them sent to one
-task (single), and against the same prompts sent one request at a time (sequential). The modes take turns
+concurrent clients, with the requests spread over the run's tasks (mixed) against the same prompts all sent to
+the first task (single: so the two differ only in the tasks, not in prompt lengths), and against the same
+prompts sent one request at a time (sequential). The modes take turns
 for several rounds; each ratio is the median over rounds of the ratio within a round.
 
     python benchmarks/serve.py --source runs/trace-proxy/moses [--clients 1,4,16] [--requests 4] [--rounds 2]
@@ -103,7 +104,7 @@ def main() -> None:
                 total = clients * args.requests
                 mixed = [(tasks[i % len(tasks)], prompts[tasks[i % len(tasks)]][i // len(tasks)])
                          for i in range(total)]
-                single = [(tasks[0], prompts[tasks[0]][i % len(prompts[tasks[0]])]) for i in range(total)]
+                single = [(tasks[0], prompt) for _, prompt in mixed]  # the same prompts, all to one task
                 for mode, jobs, threads in (("mixed", mixed, clients), ("single", single, clients),
                                             ("sequential", mixed, 1)):
                     if mode == "sequential" and clients == 1:
@@ -141,9 +142,10 @@ def main() -> None:
                   f"precision), the official openai client in threads; greedy completions of exactly "
                   f"{args.max_tokens} tokens (ignore_eos), so every mode generates as many; each client sends "
                   f"{args.requests} requests one after another. mixed: requests "
-                  f"spread over the {len(tasks)} tasks ({', '.join(tasks)}); single: all to {tasks[0]}; sequential: "
-                  "the mixed requests one at a time. Medians over rounds; a ratio is the median of per-round "
-                  "ratios. Targets at 16 clients: mixed / single >= 0.8, mixed / one at a time >= 3.")
+                  f"spread over the {len(tasks)} tasks ({', '.join(tasks)}); single: the same prompts, all to "
+                  f"{tasks[0]}; sequential: the mixed requests one at a time. Medians over rounds; a ratio is "
+                  "the median of per-round ratios. Targets at 16 clients: mixed / single >= 0.8, mixed / one at "
+                  "a time >= 3.")
 
 
 if __name__ == "__main__":
