@@ -48,11 +48,11 @@ class DedicatedSubexperts:
     def align_fresh_subexperts(self, task: int, weight_grad: torch.Tensor) -> None:
         """R2, fresh_init="gradient": the rows of task `task`'s fresh own A become the top right-singular
         vectors of the loss gradient of the base weight (`gradient_init.aligned_rows`); B stays 0, so the task
-        still starts at delta 0. `weight_grad` is the base weight's (a Conv1D's is [d_in, d_out])."""
+        still starts at delta 0. `weight_grad` is the base weight's, as [d_out, d_in] (`weight_gradients`)."""
         n, r = self.new_subexperts, self.rank
-        grad = weight_grad if isinstance(self.base_layer, torch.nn.Linear) else weight_grad.T
         own = slice(task * n, (task + 1) * n)
-        rows = aligned_rows(grad, self.lora_A[own].reshape(n * r, self.in_features)).reshape(n, r, self.in_features)
+        rows = aligned_rows(weight_grad, self.lora_A[own].reshape(n * r, self.in_features))
+        rows = rows.reshape(n, r, self.in_features)
         with torch.no_grad():
             self._fresh_own_A = (task, rows)
             self.lora_A[own] = rows

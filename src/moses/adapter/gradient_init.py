@@ -15,22 +15,26 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+from torch import nn
 
 UNIFORM_ROW_NORM = 1 / math.sqrt(3)
 
 
-def weight_gradients(loss_of: Callable[[], torch.Tensor], weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """d loss_of() / d w for each (frozen) weight, without storing gradients anywhere or changing which
+def weight_gradients(loss_of: Callable[[], torch.Tensor], layers: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """d loss_of() / d W of each (frozen) projection's weight as [d_out, d_in] (an nn.Linear's layout; a
+    transformers Conv1D stores [d_in, d_out]), without storing gradients anywhere or changing which
     parameters train."""
+    weights = [layer.weight for layer in layers]
     was_trainable = [w.requires_grad for w in weights]
     try:
         for weight in weights:
             weight.requires_grad_(True)
         with torch.enable_grad():
-            return list(torch.autograd.grad(loss_of(), list(weights)))
+            grads = torch.autograd.grad(loss_of(), weights)
     finally:
         for weight, trainable in zip(weights, was_trainable, strict=True):
             weight.requires_grad_(trainable)
+    return [g if isinstance(layer, nn.Linear) else g.T for layer, g in zip(layers, grads, strict=True)]
 
 
 def aligned_rows(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -172,7 +172,7 @@ class MoSEsModel(nn.Module):
         source = self.own_init_sources[task]
         self.start_own_subexperts(None)
         layers = [layer for _, layer in self.moses_layers()]
-        grads = weight_gradients(loss_of, [layer.base_layer.weight for layer in layers])
+        grads = weight_gradients(loss_of, [layer.base_layer for layer in layers])
         for layer, grad in zip(layers, grads, strict=True):
             layer.align_fresh_subexperts(task, grad)
         self.start_own_subexperts(source)

@@ -46,11 +46,16 @@ class Method:
     def on_task_start(self, task: Task, index: int) -> None:
         """Called before the first step of each task."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where the prepared model lives (after `prepare` or `load`)."""
+        return next(self.model.parameters()).device
+
     def first_batch_loss(self, task: Task) -> Callable[[], torch.Tensor]:
         """The answer loss of the current model on the task's first FIRST_BATCH training examples, under the
         run's precision: what a method that sets up a task from data before training (a start chosen by loss,
         a gradient-aligned A) scores it by."""
-        device = next(self.model.parameters()).device
+        device = self.device
         batch = training_batch(self.tokenizer, task.train[:FIRST_BATCH], self.max_prompt_tokens,
                                self.max_answer_tokens)
         batch = {k: v.to(device) for k, v in batch.items()}

@@ -51,7 +51,7 @@ class EWCMethod(LoRAMethod):
         params = self.named_lora()
         estimate = {n: torch.zeros_like(p) for n, p in params.items()}
         examples = task.train[: self.options["fisher_examples"]]
-        device = next(self.model.parameters()).device
+        device = self.device
         was_training = self.model.training
         self.model.eval()
         for example in examples:

@@ -101,7 +101,7 @@ class InfLoRAMethod(StackedLoRAMethod):
             return record
 
         handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
-        device = next(self.model.parameters()).device
+        device = self.device
         size = self.options["batch_size"]
         was_training = self.model.training
         self.model.eval()
@@ -123,7 +123,7 @@ class InfLoRAMethod(StackedLoRAMethod):
         adapter = self.adapters[-1]
         modules = self.lora_modules(adapter)
         self.covariances = self.input_covariances(task.train, modules)
-        with torch.autocast(self.device_type, enabled=False):  # the subspace algebra in fp32 (and fp64)
+        with torch.autocast(self.device.type, enabled=False):  # the subspace algebra in fp32 (and fp64)
             self.eigens = {name: residual_eigen(self.covariances[name], self.bases.get(name)) for name in modules}
         for name, module in modules.items():
             weight = module.lora_A[adapter].weight  # (r, d_in): the r leading residual directions
@@ -135,7 +135,7 @@ class InfLoRAMethod(StackedLoRAMethod):
         rank = self.options["r"]
         for name, covariance in self.covariances.items():
             limit = covariance.shape[0] - rank  # keep room for the next task's A
-            with torch.autocast(self.device_type, enabled=False):
+            with torch.autocast(self.device.type, enabled=False):
                 self.bases[name] = grow_basis(self.bases.get(name), covariance, self.options["threshold"], limit,
                                               self.eigens[name])
         self.covariances, self.eigens = {}, {}
@@ -145,10 +145,6 @@ class InfLoRAMethod(StackedLoRAMethod):
         for name in self.adapters:  # every A is fixed: only the new B trains
             for module in self.lora_modules(name).values():
                 module.lora_A[name].weight.requires_grad_(False)
-
-    @property
-    def device_type(self) -> str:
-        return next(self.model.parameters()).device.type
 
     def save(self, directory: Path) -> None:
         super().save(directory)

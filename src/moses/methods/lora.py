@@ -74,11 +74,10 @@ class LoRAMethod(Method):
         the uniform draw's norm (`moses.adapter.gradient_init`, the same rule as MoSEs' fresh_init)."""
         modules = [m for m in self.model.modules()
                    if isinstance(getattr(m, "lora_A", None), nn.ModuleDict) and adapter in m.lora_A]
-        grads = weight_gradients(loss_of, [m.base_layer.weight for m in modules])
+        grads = weight_gradients(loss_of, [m.base_layer for m in modules])
         with torch.no_grad():
             for module, grad in zip(modules, grads, strict=True):
                 weight = module.lora_A[adapter].weight  # [r, d_in]
-                grad = grad if isinstance(module.base_layer, nn.Linear) else grad.T  # Conv1D: [d_in, d_out]
                 weight.copy_(aligned_rows(grad, weight))
 
     def add_adapter(self) -> str:

@@ -43,20 +43,18 @@ class MoSEsMethod(Method):
 
     def on_task_start(self, task: Task, index: int) -> None:
         self.model.add_task(task.name)
-        if self.config.fresh_init == "gradient":
-            self.model.align_fresh_subexperts(self.first_batch_loss(task))
-        if self.config.own_init == "best" and index > 0:
-            self.model.choose_own_init(self.first_batch_loss(task))
+        align, choose = self.config.fresh_init == "gradient", self.config.own_init == "best" and index > 0
+        first_batch_loss = self.first_batch_loss(task) if align or choose else None
+        if align:
+            self.model.align_fresh_subexperts(first_batch_loss)
+        if choose:
+            self.model.choose_own_init(first_batch_loss)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         return self.model.optimizer_param_groups(lr)
 
     def extra_loss(self, batch, outputs) -> torch.Tensor | None:
         return self.model.aux_loss()  # the load-balance term (None when its coefficient is 0)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def on_task_end(self, task: Task, index: int) -> None:
         with autocast(self.precision, self.device.type):  # as generation will embed prompts for TaIL
