@@ -5,12 +5,14 @@ import torch
 
 from moses import MoSEsConfig, get_moses_model
 from moses.errors import ConfigError
+from moses.machine import cpu_model, describe_machine
 from moses.precision import autocast, cpu_bf16_flags, resolve_precision
 
 from conftest import build, random_batch
 
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14
 flags\t\t: fpu vme sse2 avx2 avx512f {extra} avx512vl
 bogomips\t: 4792.81
 """
@@ -23,6 +25,15 @@ def test_cpu_bf16_flags_from_cpuinfo(tmp_path):
     assert cpu_bf16_flags(with_bf16) == ["avx512_bf16", "amx_bf16"]
     assert cpu_bf16_flags(without) == []
     assert cpu_bf16_flags(tmp_path / "missing") == []
+
+
+def test_machine_description(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(extra="avx512_bf16"))
+    assert cpu_model(cpuinfo) == "AMD EPYC 9R14"
+    facts = describe_machine("cpu")
+    assert facts["torch_threads"] == torch.get_num_threads() and facts["torch"] == torch.__version__
+    assert facts["cpu_bf16"] == cpu_bf16_flags() and "gpu" not in facts
 
 
 def test_resolve_precision(monkeypatch):

@@ -53,6 +53,8 @@ def test_compare_variants_intervals_and_one_zero_shot_row(tiny_model_dir, tmp_pa
             assert row["OP_minus_reference"] == pytest.approx(row["OP"] - rows["lora-per-task"]["OP"])
     table = (output / "compare.md").read_text()
     assert "| OP 95% CI | vs lora-per-task (95% CI) |" in table and "| lpt-fast |" in table
+    assert "| precision |" in table and all(r["precision"] == "fp32" for r in rows.values())
+    assert table.count("| fp32 |") == 3  # each row says its precision: a comparison may mix runs of both
     zero = json.loads((output / "seq-lora" / "results.json").read_text())["zero_shot"]
     assert zero == json.loads((output / "lora-per-task" / "results.json").read_text())["zero_shot"]
     assert (output / "seq-lora" / "predictions" / "zero-shot-alive.jsonl").is_file()

@@ -175,6 +175,7 @@ def test_bf16_run_uses_autocast_and_keeps_old_tasks(moses_run, tiny_model_dir, t
     monkeypatch.undo()
     assert len(autocast_seen) == 2 and all(seen == {True} for seen in autocast_seen.values()), autocast_seen
     assert results["precision"] == "bf16" and fp32["precision"] in ("fp32", "bf16")
+    assert results["machine"]["torch_threads"] == torch.get_num_threads()  # where its timings were measured
     reference = run(replace(config, precision="fp32", output=str(tmp_path / "fp32")), echo=lambda *_: None)
     for task in ("alive", "size"):  # every task's forward ran in bf16 (not just the first one's)
         losses = [r["loss"] for r in results["train_log"] if r["task"] == task]

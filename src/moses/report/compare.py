@@ -18,8 +18,8 @@ from moses.runner.lock import directory_lock
 from moses.runner.run import check_output, read_results, run
 
 COLUMNS = ("method", "OP", "OP 95% CI", "vs reference (95% CI)", "BWT", "FWT", "forgetting",
-           "trainable_parameters", "stored_bytes", "owned entries per task", "median_step_seconds", "train_seconds",
-           "total_seconds")
+           "trainable_parameters", "stored_bytes", "owned entries per task", "precision", "median_step_seconds",
+           "train_seconds", "total_seconds")
 RESAMPLES, SEED = 1000, 0
 
 

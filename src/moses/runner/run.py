@@ -26,6 +26,7 @@ from moses.data.stream import Task, check_unique, load_manifest
 from moses.data.trace import load_trace
 from moses.errors import CheckpointError, ConfigError
 from moses.io import atomic_write_text, read_json
+from moses.machine import describe_machine
 from moses.methods import Method, make_method
 from moses.metrics.continual import summarize
 from moses.models import load_model
@@ -189,8 +190,10 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
                    "R": [], "train_seconds": [], "eval_seconds": [], "train_log": [], "capacity": None,
                    "metrics": None, "trainable_parameters": None}
     results["precision"] = precision
+    results["machine"] = describe_machine(accelerator.device.type)
     set_seed(config.seed)
-    echo(f"[{label}] loading {config.model} (precision {precision}: {why}) ...")
+    echo(f"[{label}] loading {config.model} (precision {precision}: {why}; {results['machine']['cpu']}, "
+         f"{results['machine']['torch_threads']} threads) ...")
     base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
     completed = results["completed"]
     last = None
