@@ -19,6 +19,9 @@ from moses.data.collate import generation_batch
 from moses.data.demo import demo_stream
 from moses.runner.run import run
 from moses.serve import Engine, create_app
+from moses.serve import engine as engine_module
+from moses.serve.engine import GenerationRequest
+from moses.serve.prefill import bucketed_prefill, should_bucket
 
 from conftest import tiny_config
 
@@ -214,7 +217,6 @@ def test_a_stream_delivers_tokens_while_the_batch_is_still_generating(served):
     import asyncio
 
     from moses.serve.batcher import Batcher
-    from moses.serve.engine import GenerationRequest
 
     _, engine = served
     prompt = demo_stream(n_test=4)[0].test[0]["prompt"]
@@ -234,3 +236,23 @@ def test_a_stream_delivers_tokens_while_the_batch_is_still_generating(served):
             await batcher.stop()
 
     assert asyncio.run(first_token_before_the_end())
+
+
+def test_prompts_of_very_different_lengths_are_prefilled_in_buckets_with_the_same_answers(served, monkeypatch):
+    _, engine = served
+    alive, size = demo_stream(n_test=4)
+    prompts = [alive.test[0]["prompt"], " ".join(e["prompt"] for e in size.test), size.test[2]["prompt"] * 3]
+    requests = [GenerationRequest(prompt=p, task=t, max_tokens=5, temperature=0)
+                for p, t in zip(prompts, ("alive", "size", None), strict=True)]
+    batch = generation_batch(engine.tokenizer, prompts, engine.max_prompt_tokens)
+    assert should_bucket(batch["attention_mask"])  # the case the buckets are for
+    calls = []
+    monkeypatch.setattr(engine_module, "bucketed_prefill", lambda *a: calls.append(1) or bucketed_prefill(*a))
+    bucketed = engine.generate(requests)
+    engine.bucket_prefill = False
+    try:
+        padded = engine.generate(requests)
+    finally:
+        engine.bucket_prefill = True
+    assert calls == [1] and [r.text for r in bucketed] == [r.text for r in padded]
+    assert [r.text for r in bucketed] == expected_greedy(engine, prompts, [0, 1, -1], 5)

@@ -14,6 +14,7 @@ from transformers.generation.streamers import BaseStreamer
 from moses.data.collate import generation_batch
 from moses.errors import TaskError
 from moses.precision import autocast, resolve_precision
+from moses.serve.prefill import bucketed_prefill, cache_argument, should_bucket
 
 AUTO = "auto"
 TokenCallback = Callable[[int, int], None]  # (request index in the batch, token id), called as tokens are made
@@ -66,9 +67,10 @@ class Engine:
     """A MoSEs model, its tokenizer and how to run it; `generate` answers a batch of requests."""
 
     def __init__(self, model, tokenizer, base_name: str, precision: str = "fp32", max_prompt_tokens: int = 1024,
-                 source: str | None = None) -> None:
+                 source: str | None = None, bucket_prefill: bool = True) -> None:
         self.model, self.tokenizer, self.base_name = model, tokenizer, base_name
         self.precision, self.max_prompt_tokens, self.source = precision, max_prompt_tokens, source
+        self.bucket_prefill = bucket_prefill  # prompts of very different lengths: prefill them in length buckets
         self.model.eval()
 
     @classmethod
@@ -147,8 +149,12 @@ class Engine:
             sampling["min_new_tokens"] = max(r.max_tokens for r in requests)
         if not greedy and requests[0].seed is not None:
             torch.manual_seed(requests[0].seed)
+        task_ids = torch.tensor(indices, device=self.device)
         with autocast(self.precision, self.device.type):
-            out = self.model.generate(**batch, task_ids=torch.tensor(indices), max_new_tokens=max(
+            if self.bucket_prefill and should_bucket(batch["attention_mask"]):
+                sampling[cache_argument()] = bucketed_prefill(self.model, batch["input_ids"],
+                                                               batch["attention_mask"], task_ids)
+            out = self.model.generate(**batch, task_ids=task_ids, max_new_tokens=max(
                 r.max_tokens for r in requests), pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
                 **sampling)
         width = batch["input_ids"].shape[1]
