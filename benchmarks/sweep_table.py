@@ -30,7 +30,10 @@ def sweep_rows(rows: list[dict], plain_lr: str, aliases: dict[str, tuple[str, st
 
 
 def markdown(table: dict[str, dict[str, dict]]) -> str:
+    """One row per swept method; where the runs were made in more than one precision (machines with and
+    without native bf16), each cell names its own."""
     lrs = sorted({lr for by_lr in table.values() for lr in by_lr}, key=float)
+    mixed = len({row.get("precision") for by_lr in table.values() for row in by_lr.values()}) > 1
     lines = ["| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " | best lr |",
              "|---" * (len(lrs) + 2) + "|"]
     for method, by_lr in table.items():
@@ -40,7 +43,8 @@ def markdown(table: dict[str, dict[str, dict]]) -> str:
         for lr in lrs:
             row = by_lr.get(lr)
             cells.append("-" if row is None or row["OP"] is None else
-                         f"{row['OP']:.1f} [{row['OP_ci'][0]:.1f}, {row['OP_ci'][1]:.1f}]")
+                         f"{row['OP']:.1f} [{row['OP_ci'][0]:.1f}, {row['OP_ci'][1]:.1f}]"
+                         + (f" {row.get('precision') or '?'}" if mixed else ""))
         best = max((lr for lr in by_lr if by_lr[lr]["OP"] is not None), key=lambda lr: by_lr[lr]["OP"])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {best} ({len(by_lr)} of {len(lrs)} swept) |")
     return "\n".join(lines)
