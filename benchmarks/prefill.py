@@ -4,7 +4,7 @@ buckets against one padded prefill, and against the same requests one at a time;
 within each round. The adapter is SmolLM2 with four ended MoSEs tasks (package defaults, untrained: the compute
 of a trained one is the same). Also prints how many tokens one padded prefill computes per prompt token.
 
-    .venv/bin/python benchmarks/prefill.py [--sizes 4,16] [--rounds 2] [--max-tokens 16]
+    .venv/bin/python benchmarks/prefill.py [--sizes 4,16] [--rounds 2] [--max-tokens 16] [--name prefill]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--data-dir", default=str(DATA))
+    parser.add_argument("--name", default="prefill", help="results file name (e.g. prefill-1token for --max-tokens 1)")
     args = parser.parse_args()
 
     import torch
@@ -90,7 +91,7 @@ def main() -> None:
              f"{args.rounds} interleaved rounds; a ratio is the median over rounds of (other mode's time / bucketed "
              "time), i.e. the bucketed throughput as a multiple of the other's. 'same answers': the bucketed and "
              "padded texts are equal.")
-    write_results("prefill", {"rows": rows, "precision": precision, "threads": torch.get_num_threads(),
+    write_results(args.name, {"rows": rows, "precision": precision, "threads": torch.get_num_threads(),
                               "max_tokens": args.max_tokens},
                   rows, ["requests", "padded tokens / prompt tokens", "bucketed tok/s", "padded tok/s",
                          "one at a time tok/s", "bucketed vs padded", "bucketed vs one at a time", "same answers"],

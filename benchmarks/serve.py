@@ -45,12 +45,40 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 300) -> 
     raise SystemExit("the server did not come up")
 
 
-def prompts_of(source: Path, per_task: int) -> dict[str, list[str]]:
+def prompts_of(source: Path, per_task: int, stream_config: Path | None = None) -> dict[str, list[str]]:
+    """Each task's first test prompts, from the run's own config or, for an adapter directory, `stream_config`."""
     from moses.runner.config import RunConfig
     from moses.runner.run import build_stream
 
-    config = RunConfig.from_dict(json.loads((source / "config.json").read_text()), str(source / "config.json"))
+    if stream_config is not None:
+        config = RunConfig.from_file(stream_config)
+    else:
+        config = RunConfig.from_dict(json.loads((source / "config.json").read_text()), str(source / "config.json"))
     return {task.name: [e["prompt"] for e in task.test[:per_task]] for task in build_stream(config)}
+
+
+def model_of(stream_config: Path) -> str:
+    from moses.runner.config import RunConfig
+
+    return RunConfig.from_file(stream_config).model
+
+
+def untrained_adapter(stream_config: Path, output: Path) -> Path:
+    """A MoSEs adapter (package defaults) on SmolLM2 with one ended task per task of `stream_config`, saved to
+    `output`: untrained, it does the same computation as a trained one, so it serves throughput measurements
+    where no trained run is at hand (its answers are the base model's)."""
+    from moses import MoSEsConfig, get_moses_model
+    from moses.models import load_model
+    from moses.runner.config import RunConfig
+    from moses.runner.run import build_stream
+
+    config = RunConfig.from_file(stream_config)
+    model = get_moses_model(load_model(config.model)[0], MoSEsConfig())
+    for task in build_stream(config):
+        model.add_task(task.name)
+        model.end_task()
+    model.save_pretrained(output)
+    return output
 
 
 def one_mode(client, jobs: list[tuple[str, str]], clients: int, max_tokens: int) -> dict:
@@ -77,22 +105,28 @@ def main() -> None:
     import openai
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--source", required=True, help="a MoSEs run directory with several tasks")
+    parser.add_argument("--source", help="a MoSEs run directory with several tasks, or an adapter directory")
+    parser.add_argument("--stream-config", type=Path, help="where the prompts come from when --source is an adapter "
+                        "(e.g. benchmarks/trace_proxy.yaml); without --source, an untrained adapter of its tasks "
+                        "is made in runs/serve-adapter")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
-    source = Path(args.source)
+    if args.source is None and args.stream_config is None:
+        raise SystemExit("serve.py: give --source RUN_OR_ADAPTER or --stream-config FILE")
+    source = Path(args.source) if args.source else untrained_adapter(args.stream_config, Path("runs/serve-adapter"))
     levels = [int(c) for c in args.clients.split(",")]
-    prompts = prompts_of(source, max(levels) * args.requests)
+    prompts = prompts_of(source, max(levels) * args.requests, args.stream_config)
     tasks = list(prompts)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "moses.cli", "serve", str(source), "--port", str(port),
                                "--precision", args.precision, "--log-level", "warning",
-                               "--queue-limit", str(4 * max(levels))])
+                               "--queue-limit", str(4 * max(levels))]
+                              + (["--model", model_of(args.stream_config)] if args.stream_config else []))
     try:
         wait_until_up(url, server)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
@@ -138,7 +172,9 @@ def main() -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     write_results("serve", {"source": str(source), "tasks": tasks, "max_tokens": args.max_tokens,
                             "requests_per_client": args.requests, "rounds": rounds}, rows, columns,
-                  notes=f"`moses serve {source}` in its own process on this machine's 2 CPU cores ({args.precision} "
+                  notes=("An untrained adapter of the tasks (the same computation as a trained one; the answers "
+                         "are the base model's). " if args.source is None else "")
+                  + f"`moses serve {source}` in its own process on this machine's 2 CPU cores ({args.precision} "
                   f"precision), the official openai client in threads; greedy completions of exactly "
                   f"{args.max_tokens} tokens (ignore_eos), so every mode generates as many; each client sends "
                   f"{args.requests} requests one after another. mixed: requests "
