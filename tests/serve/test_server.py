@@ -248,7 +248,11 @@ def test_prompts_of_very_different_lengths_are_prefilled_in_buckets_with_the_sam
     assert should_bucket(batch["attention_mask"])  # the case the buckets are for
     calls = []
     monkeypatch.setattr(engine_module, "bucketed_prefill", lambda *a: calls.append(1) or bucketed_prefill(*a))
-    bucketed = engine.generate(requests)
+    streamed: dict[int, list[int]] = {}
+    bucketed = engine.generate(requests, on_token=lambda row, token: streamed.setdefault(row, []).append(token))
+    eos = engine.tokenizer.eos_token_id
+    cut = [ids[:5][: ids[:5].index(eos)] if eos in ids[:5] else ids[:5] for ids in (streamed[row] for row in range(3))]
+    assert [engine.tokenizer.decode(ids, skip_special_tokens=True) for ids in cut] == [r.text for r in bucketed]
     engine.bucket_prefill = False
     try:
         padded = engine.generate(requests)

@@ -52,8 +52,8 @@ def bucketed_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     layers: list[list[torch.Tensor]] | None = None
     for rows in length_buckets(lengths):
         prefix = max(lengths[r] for r in rows) - 1  # the bucket's own width, without the last token
-        if prefix == 0:
-            continue  # one-token prompts: nothing to cache, their zero rows stay masked
+        if prefix <= 0:
+            continue  # one-token (or empty) prompts: nothing to cache, their zero rows stay masked
         index = torch.tensor(rows, device=input_ids.device)
         mask = attention_mask[index, width - 1 - prefix: width - 1]
         kwargs = {"task_ids": task_ids[index]} if task_ids is not None else {}
