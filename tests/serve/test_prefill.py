@@ -65,3 +65,17 @@ def test_bucketed_prefill_of_one_token_prompts_is_an_empty_cache(two_task_model)
     batch = left_padded([[5], [7]])
     cache = bucketed_prefill(two_task_model, batch["input_ids"], batch["attention_mask"], torch.tensor([0, 1]))
     assert cache.get_seq_length() == 0
+
+
+def test_a_cache_that_does_not_hold_the_whole_prefix_is_refused():
+    """A sliding-window layer keeps only the window: its cache cannot be merged, and the caller prefills as usual."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, sliding_window=4)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    batch = left_padded([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [5, 6]])
+    assert bucketed_prefill(model, batch["input_ids"], batch["attention_mask"]) is None
+    wide = MistralForCausalLM(MistralConfig(**{**config.to_dict(), "sliding_window": None})).eval()
+    assert bucketed_prefill(wide, batch["input_ids"], batch["attention_mask"]).get_seq_length() == 9

@@ -152,8 +152,9 @@ class Engine:
         task_ids = torch.tensor(indices, device=self.device)
         with autocast(self.precision, self.device.type):
             if self.bucket_prefill and should_bucket(batch["attention_mask"]):
-                sampling[cache_argument()] = bucketed_prefill(self.model, batch["input_ids"],
-                                                               batch["attention_mask"], task_ids)
+                cache = bucketed_prefill(self.model, batch["input_ids"], batch["attention_mask"], task_ids)
+                if cache is not None:
+                    sampling[cache_argument()] = cache
             out = self.model.generate(**batch, task_ids=task_ids, max_new_tokens=max(
                 r.max_tokens for r in requests), pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
                 **sampling)

@@ -43,10 +43,11 @@ def should_bucket(attention_mask: torch.Tensor) -> bool:
 
 @torch.no_grad()
 def bucketed_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     task_ids: torch.Tensor | None = None) -> DynamicCache:
+                     task_ids: torch.Tensor | None = None) -> DynamicCache | None:
     """The KV cache of every prompt but its last token, computed bucket by bucket and left-padded to the batch's
     width. `generate(input_ids, attention_mask, **{cache_argument(): <this>})` then feeds only the last column.
-    `model` is a MoSEsModel (its per-sample `task_ids` select each row's task) or a plain causal LM."""
+    `model` is a MoSEsModel (its per-sample `task_ids` select each row's task) or a plain causal LM. None where
+    a layer's cache does not hold the whole prefix (a sliding-window layer): the caller prefills as usual."""
     width = input_ids.shape[1]
     lengths = attention_mask.sum(dim=1).tolist()
     layers: list[list[torch.Tensor]] | None = None
@@ -60,6 +61,8 @@ def bucketed_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         out = model(input_ids=input_ids[index, width - 1 - prefix: width - 1], attention_mask=mask,
                     position_ids=position_ids(mask), use_cache=True, **kwargs)
         cache = getattr(out, cache_argument())
+        if any(layer.keys is None or layer.keys.shape[2] != prefix for layer in cache.layers):
+            return None
         if layers is None:
             layers = [[_zeros(layer.keys, len(lengths), width - 1), _zeros(layer.values, len(lengths), width - 1)]
                       for layer in cache.layers]
