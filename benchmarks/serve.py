@@ -45,37 +45,27 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 300) -> 
     raise SystemExit("the server did not come up")
 
 
-def prompts_of(source: Path, per_task: int, stream_config: Path | None = None) -> dict[str, list[str]]:
-    """Each task's first test prompts, from the run's own config or, for an adapter directory, `stream_config`."""
+def prompts_of(source: Path, per_task: int, stream_config=None) -> dict[str, list[str]]:
+    """Each task's first test prompts, from the run's own config or, for an adapter directory, `stream_config`
+    (a RunConfig)."""
     from moses.runner.config import RunConfig
     from moses.runner.run import build_stream
 
-    if stream_config is not None:
-        config = RunConfig.from_file(stream_config)
-    else:
-        config = RunConfig.from_dict(json.loads((source / "config.json").read_text()), str(source / "config.json"))
+    config = stream_config or RunConfig.from_dict(json.loads((source / "config.json").read_text()),
+                                                  str(source / "config.json"))
     return {task.name: [e["prompt"] for e in task.test[:per_task]] for task in build_stream(config)}
 
 
-def model_of(stream_config: Path) -> str:
-    from moses.runner.config import RunConfig
-
-    return RunConfig.from_file(stream_config).model
-
-
-def untrained_adapter(stream_config: Path, output: Path) -> Path:
-    """A MoSEs adapter (package defaults) on SmolLM2 with one ended task per task of `stream_config`, saved to
-    `output`: untrained, it does the same computation as a trained one, so it serves throughput measurements
-    where no trained run is at hand (its answers are the base model's)."""
+def untrained_adapter(model_name: str, tasks: list[str], output: Path) -> Path:
+    """A MoSEs adapter (package defaults) on `model_name` with one ended task per name, saved to `output`:
+    untrained, it does the same computation as a trained one, so it serves throughput measurements where no
+    trained run is at hand (its answers are the base model's)."""
     from moses import MoSEsConfig, get_moses_model
     from moses.models import load_model
-    from moses.runner.config import RunConfig
-    from moses.runner.run import build_stream
 
-    config = RunConfig.from_file(stream_config)
-    model = get_moses_model(load_model(config.model)[0], MoSEsConfig())
-    for task in build_stream(config):
-        model.add_task(task.name)
+    model = get_moses_model(load_model(model_name)[0], MoSEsConfig())
+    for task in tasks:
+        model.add_task(task)
         model.end_task()
     model.save_pretrained(output)
     return output
@@ -117,16 +107,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.source is None and args.stream_config is None:
         raise SystemExit("serve.py: give --source RUN_OR_ADAPTER or --stream-config FILE")
-    source = Path(args.source) if args.source else untrained_adapter(args.stream_config, Path("runs/serve-adapter"))
+    from moses.runner.config import RunConfig
+
+    stream = RunConfig.from_file(args.stream_config) if args.stream_config else None
     levels = [int(c) for c in args.clients.split(",")]
-    prompts = prompts_of(source, max(levels) * args.requests, args.stream_config)
+    prompts = prompts_of(Path(args.source or "."), max(levels) * args.requests, stream)
     tasks = list(prompts)
+    source = Path(args.source) if args.source else untrained_adapter(stream.model, tasks, Path("runs/serve-adapter"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "moses.cli", "serve", str(source), "--port", str(port),
                                "--precision", args.precision, "--log-level", "warning",
                                "--queue-limit", str(4 * max(levels))]
-                              + (["--model", model_of(args.stream_config)] if args.stream_config else []))
+                              + (["--model", stream.model] if stream else []))
     try:
         wait_until_up(url, server)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)

@@ -10,19 +10,12 @@ from typing import Any
 
 import torch
 
-from moses.precision import cpu_bf16_flags
+from moses.precision import cpu_bf16_flags, cpuinfo_field
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """The CPU's model name ("unknown" where /proc/cpuinfo is missing or says nothing)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
+    return cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown"
 
 
 def describe_machine(device_type: str) -> dict[str, Any]:

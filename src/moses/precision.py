@@ -21,17 +21,21 @@ PRECISIONS = ("auto", "fp32", "bf16")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
-    """The CPU's native bf16 instruction sets among AVX512-BF16 and AMX-BF16 (empty where unknown)."""
+def cpuinfo_field(name: str, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The first value of `name` in /proc/cpuinfo (None where the file or the field is missing)."""
     try:
         text = Path(cpuinfo).read_text()
-    except OSError:  # not Linux, or no /proc: assume no native bf16
-        return []
-    flags: set[str] = set()
+    except OSError:  # not Linux, or no /proc
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-            break
+        if line.startswith(name):
+            return line.partition(":")[2].strip()
+    return None
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The CPU's native bf16 instruction sets among AVX512-BF16 and AMX-BF16 (empty where unknown)."""
+    flags = set((cpuinfo_field("flags", cpuinfo) or "").split())
     return [f for f in _CPU_BF16_FLAGS if f in flags]
 
 
