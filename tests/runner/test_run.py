@@ -61,6 +61,10 @@ def test_interrupted_run_resumes_to_the_same_result(moses_run, tiny_model_dir, t
         run(config, echo=lambda *_: None)
     with pytest.raises(CheckpointError, match="other settings \\(epochs\\)"):
         run(replace(config, epochs=2), resume=True, echo=lambda *_: None)
+    with pytest.raises(CheckpointError, match="other settings \\(options_by_method\\)"):
+        run(replace(config, options_by_method={"moses": {"top_k": 1}}), resume=True, echo=lambda *_: None)
+    # another method's options (a compare's config that gained seq-lora's swept lr) do not touch this run
+    config = replace(config, options_by_method={"seq-lora": {"lr": 1e-3, "r": 4}, "moses": {"lr": config.lr}})
     resumed = run(config, resume=True, echo=lambda *_: None)
     assert resumed["R"] == uninterrupted["R"]
     assert [r["loss"] for r in resumed["train_log"]] == [r["loss"] for r in uninterrupted["train_log"]]

@@ -126,11 +126,14 @@ RESUMABLE_CHANGES = ("lr", "max_grad_norm")
 
 
 def _without_resumable(config: RunConfig) -> RunConfig:
+    """The settings that decide what a resumed run computes. Of `options_by_method` only the run's own
+    method's entry counts: a compare's config that later gained another method's lr resumes this run."""
     def no_lr(options: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in options.items() if k != "lr"}
 
+    own = no_lr(config.options_by_method.get(config.method, {}))
     return replace(config, lr=1.0, max_grad_norm=None, method_options=no_lr(config.method_options),
-                   options_by_method={m: no_lr(o) for m, o in config.options_by_method.items()})
+                   options_by_method={config.method: own} if own else {})
 
 
 def _check_resumable(output: Path, config: RunConfig) -> list[str]:
