@@ -45,10 +45,14 @@ def test_bucketed_prefill_gives_the_answers_and_scores_of_one_padded_generate(tw
                "return_dict_in_generate": True}
     with torch.no_grad():
         plain = two_task_model.generate(**batch, task_ids=task_ids, **options)
-        cache = bucketed_prefill(two_task_model, batch["input_ids"], batch["attention_mask"], task_ids)
-        assert cache.get_seq_length() == batch["input_ids"].shape[1] - 1
+        width = batch["input_ids"].shape[1]
+        cache = bucketed_prefill(two_task_model, batch["input_ids"], batch["attention_mask"], task_ids, 6)
+        assert cache.get_seq_length() == width - 1
+        keys = cache.layers[0].keys
         bucketed = two_task_model.generate(**batch, task_ids=task_ids, **{cache_argument(): cache}, **options)
-        noisy = bucketed_prefill(two_task_model, batch["input_ids"], batch["attention_mask"], task_ids)
+        # decoded in place into the preallocated cache: the same tensor, now holding the whole answer
+        assert cache.layers[0].keys is keys and keys.shape[2] == width + 6 and cache.get_seq_length() == width + 5
+        noisy = bucketed_prefill(two_task_model, batch["input_ids"], batch["attention_mask"], task_ids, 6)
         noisy.layers[0].keys.add_(torch.randn_like(noisy.layers[0].keys))
         disturbed = two_task_model.generate(**batch, task_ids=task_ids, **{cache_argument(): noisy}, **options)
         alone = [two_task_model.generate(**left_padded([p]), task_ids=task_ids[i:i + 1], **options)

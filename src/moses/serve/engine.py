@@ -150,14 +150,19 @@ class Engine:
         if not greedy and requests[0].seed is not None:
             torch.manual_seed(requests[0].seed)
         task_ids = torch.tensor(indices, device=self.device)
+        max_new_tokens = max(r.max_tokens for r in requests)
+        # A batch decodes into a preallocated (static) cache: a dynamic one copies its whole cache every step.
+        # No auto-compilation (which transformers starts on a GPU with a static cache): a batch's shapes change.
+        cache_options = {"cache_implementation": "static"} if len(requests) > 1 else {}
         with autocast(self.precision, self.device.type):
             if self.bucket_prefill and should_bucket(batch["attention_mask"]):
-                cache = bucketed_prefill(self.model, batch["input_ids"], batch["attention_mask"], task_ids)
+                cache = bucketed_prefill(self.model, batch["input_ids"], batch["attention_mask"], task_ids,
+                                         max_new_tokens)
                 if cache is not None:
-                    sampling[cache_argument()] = cache
-            out = self.model.generate(**batch, task_ids=task_ids, max_new_tokens=max(
-                r.max_tokens for r in requests), pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
-                **sampling)
+                    cache_options = {cache_argument(): cache}
+            out = self.model.generate(**batch, task_ids=task_ids, max_new_tokens=max_new_tokens,
+                                      pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
+                                      disable_compile=True, **cache_options, **sampling)
         width = batch["input_ids"].shape[1]
         prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
         return [self._result(request, out[row, width:].tolist(), index, prompt_tokens[row])

@@ -6,12 +6,17 @@ prompts differ by 10x (benchmarks/serve.py's four: 36 to 427 tokens on average),
 length are prefilled together (all but each prompt's last token), their key/value caches are left-padded to the
 batch's width with zeros that the attention mask hides, and `generate` continues from the merged cache, so the
 decoding steps are still shared by the whole batch (the idea of vLLM's padding-free prefill, within the dense
-KV cache of `transformers`)."""
+KV cache of `transformers`).
+
+The merged cache is preallocated for the whole answer (transformers' StaticLayer): a DynamicCache concatenates
+every layer's keys and values at every decoding step, which at 16 requests of ~1000 padded tokens copied more
+than the step computed (benchmarks/results/profile_decode.md)."""
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, StaticLayer
 
 from moses.data.collate import position_ids
 
@@ -43,14 +48,15 @@ def should_bucket(attention_mask: torch.Tensor) -> bool:
 
 @torch.no_grad()
 def bucketed_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     task_ids: torch.Tensor | None = None) -> DynamicCache | None:
+                     task_ids: torch.Tensor | None = None, max_new_tokens: int = 0) -> Cache | None:
     """The KV cache of every prompt but its last token, computed bucket by bucket and left-padded to the batch's
-    width. `generate(input_ids, attention_mask, **{cache_argument(): <this>})` then feeds only the last column.
+    width, in a static cache with room for `max_new_tokens` more. `generate(input_ids, attention_mask,
+    max_new_tokens=..., **{cache_argument(): <this>})` then feeds only the last column.
     `model` is a MoSEsModel (its per-sample `task_ids` select each row's task) or a plain causal LM. None where
     a layer's cache does not hold the whole prefix (a sliding-window layer): the caller prefills as usual."""
     width = input_ids.shape[1]
     lengths = attention_mask.sum(dim=1).tolist()
-    layers: list[list[torch.Tensor]] | None = None
+    layers: list[StaticLayer] | None = None
     for rows in length_buckets(lengths):
         prefix = max(lengths[r] for r in rows) - 1  # the bucket's own width, without the last token
         if prefix <= 0:
@@ -64,14 +70,14 @@ def bucketed_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         if any(layer.keys is None or layer.keys.shape[2] != prefix for layer in cache.layers):
             return None
         if layers is None:
-            layers = [[_zeros(layer.keys, len(lengths), width - 1), _zeros(layer.values, len(lengths), width - 1)]
+            layers = [_static_layer(layer.keys, layer.values, len(lengths), width + max_new_tokens, width - 1)
                       for layer in cache.layers]
-        for (keys, values), layer in zip(layers, cache.layers, strict=True):
-            keys[index, :, width - 1 - prefix:] = layer.keys
-            values[index, :, width - 1 - prefix:] = layer.values
+        for static, layer in zip(layers, cache.layers, strict=True):
+            static.keys[index, :, width - 1 - prefix: width - 1] = layer.keys
+            static.values[index, :, width - 1 - prefix: width - 1] = layer.values
     if layers is None:  # every prompt is one token long
         return DynamicCache()
-    return DynamicCache(ddp_cache_data=[(keys, values) for keys, values in layers])
+    return Cache(layers=layers)
 
 
 def cache_argument() -> str:
@@ -82,5 +88,11 @@ def cache_argument() -> str:
     return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
-def _zeros(like: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-    return like.new_zeros((batch, like.shape[1], length, like.shape[3]))
+def _static_layer(keys: torch.Tensor, values: torch.Tensor, batch: int, capacity: int, filled: int) -> StaticLayer:
+    """A zeroed StaticLayer of `batch` rows and `capacity` positions (keys' heads, dims and dtype) that counts
+    its first `filled` positions as cached: the next update writes after them."""
+    layer = StaticLayer(max_cache_len=capacity)
+    layer.lazy_initialization(keys.new_empty((batch, keys.shape[1], 0, keys.shape[3])),
+                              values.new_empty((batch, values.shape[1], 0, values.shape[3])))
+    layer.cumulative_length.fill_(filled)
+    return layer
