@@ -67,10 +67,11 @@ class Engine:
     """A MoSEs model, its tokenizer and how to run it; `generate` answers a batch of requests."""
 
     def __init__(self, model, tokenizer, base_name: str, precision: str = "fp32", max_prompt_tokens: int = 1024,
-                 source: str | None = None, bucket_prefill: bool = True) -> None:
+                 source: str | None = None, bucket_prefill: bool = True, static_cache: bool = True) -> None:
         self.model, self.tokenizer, self.base_name = model, tokenizer, base_name
         self.precision, self.max_prompt_tokens, self.source = precision, max_prompt_tokens, source
         self.bucket_prefill = bucket_prefill  # prompts of very different lengths: prefill them in length buckets
+        self.static_cache = static_cache  # a batch decodes into a preallocated cache (False: transformers' dynamic)
         self.model.eval()
 
     @classmethod
@@ -153,11 +154,12 @@ class Engine:
         max_new_tokens = max(r.max_tokens for r in requests)
         # A batch decodes into a preallocated (static) cache: a dynamic one copies its whole cache every step.
         # No auto-compilation (which transformers starts on a GPU with a static cache): a batch's shapes change.
-        cache_options = {"cache_implementation": "static"} if len(requests) > 1 else {}
+        static = self.static_cache and len(requests) > 1
+        cache_options = {"cache_implementation": "static"} if static else {}
         with autocast(self.precision, self.device.type):
             if self.bucket_prefill and should_bucket(batch["attention_mask"]):
                 cache = bucketed_prefill(self.model, batch["input_ids"], batch["attention_mask"], task_ids,
-                                         max_new_tokens)
+                                         max_new_tokens if static else None)
                 if cache is not None:
                     cache_options = {cache_argument(): cache}
             out = self.model.generate(**batch, task_ids=task_ids, max_new_tokens=max_new_tokens,

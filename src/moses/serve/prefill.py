@@ -9,8 +9,8 @@ decoding steps are still shared by the whole batch (the idea of vLLM's padding-f
 KV cache of `transformers`).
 
 The merged cache is preallocated for the whole answer (transformers' StaticLayer): a DynamicCache concatenates
-every layer's keys and values at every decoding step, which at 16 requests of ~1000 padded tokens copied more
-than the step computed (benchmarks/results/profile_decode.md)."""
+every layer's keys and values at every decoding step, which at 16 requests of the proxy's prompts cost more than
+the step computed (the "dynamic cache" column of benchmarks/results/prefill.md)."""
 
 from __future__ import annotations
 
@@ -48,10 +48,11 @@ def should_bucket(attention_mask: torch.Tensor) -> bool:
 
 @torch.no_grad()
 def bucketed_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     task_ids: torch.Tensor | None = None, max_new_tokens: int = 0) -> Cache | None:
+                     task_ids: torch.Tensor | None = None, max_new_tokens: int | None = None) -> Cache | None:
     """The KV cache of every prompt but its last token, computed bucket by bucket and left-padded to the batch's
-    width, in a static cache with room for `max_new_tokens` more. `generate(input_ids, attention_mask,
-    max_new_tokens=..., **{cache_argument(): <this>})` then feeds only the last column.
+    width: a static cache with room for `max_new_tokens` more, or a DynamicCache when it is None.
+    `generate(input_ids, attention_mask, max_new_tokens=..., **{cache_argument(): <this>})` then feeds only the
+    last column.
     `model` is a MoSEsModel (its per-sample `task_ids` select each row's task) or a plain causal LM. None where
     a layer's cache does not hold the whole prefix (a sliding-window layer): the caller prefills as usual."""
     width = input_ids.shape[1]
@@ -70,13 +71,16 @@ def bucketed_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         if any(layer.keys is None or layer.keys.shape[2] != prefix for layer in cache.layers):
             return None
         if layers is None:
-            layers = [_static_layer(layer.keys, layer.values, len(lengths), width + max_new_tokens, width - 1)
+            capacity = width - 1 if max_new_tokens is None else width + max_new_tokens
+            layers = [_static_layer(layer.keys, layer.values, len(lengths), capacity, width - 1)
                       for layer in cache.layers]
-        for static, layer in zip(layers, cache.layers, strict=True):
-            static.keys[index, :, width - 1 - prefix: width - 1] = layer.keys
-            static.values[index, :, width - 1 - prefix: width - 1] = layer.values
+        for merged, layer in zip(layers, cache.layers, strict=True):
+            merged.keys[index, :, width - 1 - prefix: width - 1] = layer.keys
+            merged.values[index, :, width - 1 - prefix: width - 1] = layer.values
     if layers is None:  # every prompt is one token long
         return DynamicCache()
+    if max_new_tokens is None:
+        return DynamicCache(ddp_cache_data=[(layer.keys, layer.values) for layer in layers])
     return Cache(layers=layers)
 
 
