@@ -58,6 +58,7 @@ def bucketed_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     width = input_ids.shape[1]
     lengths = attention_mask.sum(dim=1).tolist()
     layers: list[StaticLayer] | None = None
+    keep_one_logit = _supports_logits_to_keep(model)
     for rows in length_buckets(lengths):
         prefix = max(lengths[r] for r in rows) - 1  # the bucket's own width, without the last token
         if prefix <= 0:
@@ -65,6 +66,8 @@ def bucketed_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         index = torch.tensor(rows, device=input_ids.device)
         mask = attention_mask[index, width - 1 - prefix: width - 1]
         kwargs = {"task_ids": task_ids[index]} if task_ids is not None else {}
+        if keep_one_logit:  # only the cache is wanted: no vocabulary projection of every prefix position
+            kwargs["logits_to_keep"] = 1
         out = model(input_ids=input_ids[index, width - 1 - prefix: width - 1], attention_mask=mask,
                     position_ids=position_ids(mask), use_cache=True, **kwargs)
         cache = getattr(out, cache_argument())
@@ -82,6 +85,12 @@ def bucketed_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     if max_new_tokens is None:
         return DynamicCache(ddp_cache_data=[(layer.keys, layer.values) for layer in layers])
     return Cache(layers=layers)
+
+
+def _supports_logits_to_keep(model) -> bool:
+    """Whether the causal LM (under a MoSEsModel, its base) takes `logits_to_keep`, as `generate` asks."""
+    check = getattr(model, "_supports_logits_to_keep", None)
+    return bool(check and check())
 
 
 def cache_argument() -> str:
