@@ -71,9 +71,18 @@ def untrained_adapter(model_name: str, tasks: list[str], output: Path) -> Path:
     return output
 
 
-def one_mode(client, jobs: list[tuple[str, str]], clients: int, max_tokens: int) -> dict:
+def batch_totals(url: str) -> tuple[float, float]:
+    """(batches, requests in them) so far, from the server's /metrics (the moses_batch_size histogram)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    values = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("moses_batch_size_")}
+    return values.get("moses_batch_size_count", 0.0), values.get("moses_batch_size_sum", 0.0)
+
+
+def one_mode(client, url: str, jobs: list[tuple[str, str]], clients: int, max_tokens: int) -> dict:
     """`jobs` (task, prompt) sent by `clients` threads, each one request at a time."""
     latencies, tokens = [], []
+    batches_before, requests_before = batch_totals(url)
 
     def send(job: tuple[str, str]) -> None:
         began = time.perf_counter()
@@ -87,8 +96,11 @@ def one_mode(client, jobs: list[tuple[str, str]], clients: int, max_tokens: int)
         list(pool.map(send, jobs))
     wall = time.perf_counter() - began
     ordered = sorted(latencies)
+    batches_after, requests_after = batch_totals(url)
+    batches, requests = batches_after - batches_before, requests_after - requests_before
     return {"wall_s": wall, "tokens": sum(tokens), "tokens_per_s": sum(tokens) / wall,
-            "p50_s": statistics.median(ordered), "p95_s": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]}
+            "p50_s": statistics.median(ordered), "p95_s": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+            "mean_batch": requests / max(batches, 1)}
 
 
 def main() -> None:
@@ -104,6 +116,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--batch-window-ms", type=float, help="the server's batching window (default: its own)")
     args = parser.parse_args()
     if args.source is None and args.stream_config is None:
         raise SystemExit("serve.py: give --source RUN_OR_ADAPTER or --stream-config FILE")
@@ -119,6 +132,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "moses.cli", "serve", str(source), "--port", str(port),
                                "--precision", args.precision, "--log-level", "warning",
                                "--queue-limit", str(4 * max(levels))]
+                              + (["--batch-window-ms", str(args.batch_window_ms)] if args.batch_window_ms else [])
                               + (["--model", stream.model] if stream else []))
     try:
         wait_until_up(url, server)
@@ -136,9 +150,10 @@ def main() -> None:
                                             ("sequential", mixed, 1)):
                     if mode == "sequential" and clients == 1:
                         continue  # the same as mixed at 1 client
-                    measured[f"{mode} {clients}"] = result = one_mode(client, jobs, threads, args.max_tokens)
+                    measured[f"{mode} {clients}"] = result = one_mode(client, url, jobs, threads, args.max_tokens)
                     print(f"round {round_index + 1}/{args.rounds} {mode} x{clients}: {result['tokens_per_s']:.1f} "
-                          f"tokens/s, p50 {result['p50_s']:.2f}s, p95 {result['p95_s']:.2f}s", file=sys.stderr,
+                          f"tokens/s, p50 {result['p50_s']:.2f}s, p95 {result['p95_s']:.2f}s, mean batch "
+                          f"{result['mean_batch']:.1f}", file=sys.stderr,
                           flush=True)
             rounds.append(measured)
     finally:
@@ -156,7 +171,7 @@ def main() -> None:
         mode, clients = key.split()
         row = {"mode": mode, "clients": int(clients), "requests": int(clients) * args.requests,
                "tokens/s": round(median(key, "tokens_per_s"), 1), "p50 s": round(median(key, "p50_s"), 2),
-               "p95 s": round(median(key, "p95_s"), 2)}
+               "p95 s": round(median(key, "p95_s"), 2), "mean batch": round(median(key, "mean_batch"), 1)}
         if mode == "mixed":
             row["mixed / single"] = round(ratio(key, f"single {clients}"), 3)
             if f"sequential {clients}" in rounds[0]:

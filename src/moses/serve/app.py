@@ -88,7 +88,7 @@ class Metrics:
         self.latency.labels(task=task).observe(seconds)
 
 
-def create_app(engine: Engine, max_batch: int = 16, window_seconds: float = 0.01, queue_limit: int = 64) -> FastAPI:
+def create_app(engine: Engine, max_batch: int = 16, window_seconds: float = 0.05, queue_limit: int = 64) -> FastAPI:
     metrics = Metrics()
     batcher = Batcher(engine, max_batch, window_seconds, queue_limit, on_batch=metrics.batch_size.observe)
 
@@ -154,7 +154,8 @@ def create_app(engine: Engine, max_batch: int = 16, window_seconds: float = 0.01
         as their tokens are generated: `chunk(index, model, text, finish_reason)`; with `opening`, first a chunk
         of text None (chat's role chunk). AUTO is resolved first, so every chunk names the answering task."""
         engine = batcher.engine
-        indices = await asyncio.get_running_loop().run_in_executor(None, engine.task_indices, requests)
+        indices = await asyncio.get_running_loop().run_in_executor(batcher.executor, engine.task_indices,
+                                                                       requests)
         for request, index in zip(requests, indices, strict=True):
             request.task = None if index < 0 else engine.tasks[index]
         began = time.perf_counter()
