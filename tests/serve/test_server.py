@@ -260,3 +260,20 @@ def test_prompts_of_very_different_lengths_are_prefilled_in_buckets_with_the_sam
         engine.bucket_prefill = True
     assert calls == [1] and [r.text for r in bucketed] == [r.text for r in padded]
     assert [r.text for r in bucketed] == expected_greedy(engine, prompts, [0, 1, -1], 5)
+
+
+def test_every_forward_runs_on_the_one_generation_thread(served, monkeypatch):
+    """Batches and the task inference of streamed requests run on the batcher's single thread (one OpenMP team)."""
+    server, engine = served
+    threads = []
+    for name in ("generate", "task_indices"):
+        original = getattr(engine, name)
+        monkeypatch.setattr(engine, name, lambda *a, _original=original, **k: threads.append(
+            threading.current_thread().name) or _original(*a, **k))
+    client = server.client()
+    alive, _ = demo_stream(n_test=4)
+    for prompt in (alive.test[0]["prompt"], alive.test[1]["prompt"]):
+        client.completions.create(model="alive", prompt=prompt, max_tokens=2, temperature=0)
+    list(client.completions.create(model="auto", prompt=alive.test[0]["prompt"], max_tokens=2, temperature=0,
+                                   stream=True))
+    assert len(threads) >= 4 and len(set(threads)) == 1 and threads[0].startswith("moses-generate")
