@@ -107,3 +107,29 @@ def training_adapter(name: str, base, lr: float, tasks_before: int = 0):
     rank = int(name.removeprefix("lora-r"))
     model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS))
     return model, [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0, "lr": lr}]
+
+
+PROXY_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "trace500"
+PROXY_TASKS = ["C-STANCE", "Py150", "ScienceQA", "NumGLUE-ds"]
+
+
+def proxy_engine(data_dir: str, n_test: int):
+    """(engine, the proxy's tasks, precision, why) for the serving benchmarks: SmolLM2 with a MoSEs adapter of
+    the 4-task proxy's tasks, each added and ended untrained (the compute of a trained one is the same), in
+    the precision `auto` picks here. Exits with one line when TRACE-500 is not at `data_dir`."""
+    from moses import MoSEsConfig, get_moses_model
+    from moses.data.trace import load_trace
+    from moses.models import load_model
+    from moses.precision import resolve_precision
+    from moses.serve.engine import Engine
+
+    if not Path(data_dir).is_dir():
+        raise SystemExit(f"{data_dir}: TRACE-500 not found (--data-dir)")
+    tasks = load_trace(data_dir, tasks=PROXY_TASKS, n_test=n_test)
+    base, tokenizer = load_model("smollm2-135m")
+    model = get_moses_model(base, MoSEsConfig())
+    for task in tasks:
+        model.add_task(task.name)
+        model.end_task()
+    precision, why = resolve_precision("auto", "cpu")
+    return Engine(model, tokenizer, "smollm2-135m", precision=precision), tasks, precision, why

@@ -13,12 +13,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
-from common import write_results
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "trace500"
-TASKS = ["C-STANCE", "Py150", "ScienceQA", "NumGLUE-ds"]
+from common import PROXY_DATA, proxy_engine, write_results
 
 
 def main() -> None:
@@ -26,31 +22,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="4,16")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--data-dir", default=str(DATA))
+    parser.add_argument("--data-dir", default=str(PROXY_DATA))
     parser.add_argument("--name", default="prefill", help="results file name (e.g. prefill-1token for --max-tokens 1)")
     args = parser.parse_args()
 
     import torch
 
-    from moses import MoSEsConfig, get_moses_model
     from moses.data.collate import generation_batch
-    from moses.data.trace import load_trace
-    from moses.models import load_model
-    from moses.precision import resolve_precision
-    from moses.serve.engine import Engine, GenerationRequest
+    from moses.serve.engine import GenerationRequest
     from moses.serve.prefill import padded_ratio
 
-    if not Path(args.data_dir).is_dir():
-        raise SystemExit(f"{args.data_dir}: TRACE-500 not found (--data-dir)")
     sizes = [int(s) for s in args.sizes.split(",")]
-    tasks = load_trace(args.data_dir, tasks=TASKS, n_test=max(sizes))
-    base, tokenizer = load_model("smollm2-135m")
-    model = get_moses_model(base, MoSEsConfig())
-    for task in tasks:
-        model.add_task(task.name)
-        model.end_task()
-    precision, why = resolve_precision("auto", "cpu")
-    engine = Engine(model, tokenizer, "smollm2-135m", precision=precision)
+    engine, tasks, precision, why = proxy_engine(args.data_dir, max(sizes))
+    tokenizer = engine.tokenizer
     rows = []
     for size in sizes:
         requests = [GenerationRequest(prompt=tasks[i % 4].test[i // 4]["prompt"], task=tasks[i % 4].name,

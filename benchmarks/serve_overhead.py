@@ -16,42 +16,25 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from common import write_results
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "trace500"
-TASKS = ["C-STANCE", "Py150", "ScienceQA", "NumGLUE-ds"]
+from common import PROXY_DATA, proxy_engine, write_results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--data-dir", default=str(DATA))
+    parser.add_argument("--data-dir", default=str(PROXY_DATA))
     args = parser.parse_args()
 
     import openai
     import torch
     import uvicorn
 
-    from moses import MoSEsConfig, get_moses_model
-    from moses.data.trace import load_trace
-    from moses.models import load_model
-    from moses.precision import resolve_precision
-    from moses.serve import Engine, create_app
+    from moses.serve import create_app
     from moses.serve.engine import GenerationRequest
 
-    if not Path(args.data_dir).is_dir():
-        raise SystemExit(f"{args.data_dir}: TRACE-500 not found (--data-dir)")
-    tasks = load_trace(args.data_dir, tasks=TASKS, n_test=args.requests)
-    base, tokenizer = load_model("smollm2-135m")
-    model = get_moses_model(base, MoSEsConfig())
-    for task in tasks:
-        model.add_task(task.name)
-        model.end_task()
-    precision, why = resolve_precision("auto", "cpu")
-    engine = Engine(model, tokenizer, "smollm2-135m", precision=precision)
+    engine, tasks, precision, why = proxy_engine(args.data_dir, args.requests)
     jobs = [(tasks[i % 4].name, tasks[i % 4].test[i // 4]["prompt"]) for i in range(args.requests)]
     requests = [GenerationRequest(prompt=p, task=t, max_tokens=16, temperature=0, ignore_eos=True) for t, p in jobs]
 
