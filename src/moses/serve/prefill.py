@@ -9,8 +9,8 @@ decoding steps are still shared by the whole batch (the idea of vLLM's padding-f
 KV cache of `transformers`).
 
 The merged cache is preallocated for the whole answer (transformers' StaticLayer): a DynamicCache concatenates
-every layer's keys and values at every decoding step, which at 16 requests of the proxy's prompts cost more than
-the step computed (the "dynamic cache" column of benchmarks/results/prefill.md)."""
+every layer's keys and values at every decoding step (a whole batch of 16 mixed requests ran 1.14x faster
+without it: the "dynamic cache" column of benchmarks/results/prefill.md)."""
 
 from __future__ import annotations
 
