@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import sys
 import threading
@@ -133,3 +134,10 @@ def proxy_engine(data_dir: str, n_test: int):
         model.end_task()
     precision, why = resolve_precision("auto", "cpu")
     return Engine(model, tokenizer, "smollm2-135m", precision=precision), tasks, precision, why
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a benchmark's server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -11,13 +11,12 @@ overhead (window, HTTP, JSON) from the generation itself. The adapter is SmolLM2
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import PROXY_DATA, proxy_engine, write_results
+from common import PROXY_DATA, free_port, proxy_engine, write_results
 
 
 def main() -> None:
@@ -48,9 +47,7 @@ def main() -> None:
         return out
 
     engine.generate = timed_generate
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:

@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=_typed(int), default=16, help="requests per generation batch")
     serve.add_argument("--batch-window-ms", type=_typed(float), default=50.0,
                        help="how long the first waiting request waits for others to join its batch (10 ms split "
-                            "16 clients into alternating batches of 8: benchmarks/results/serve.md)")
+                            "16 clients into alternating batches of 8: README, Serving)")
     serve.add_argument("--queue-limit", type=_typed(int), default=64, help="waiting requests before 429")
     serve.add_argument("--max-prompt-tokens", type=_typed(int), default=1024, help="prompt tokens kept (left cut)")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
