@@ -1,11 +1,12 @@
 """Serving throughput and latency of `moses serve` (a real server in its own process, called with the official
 `openai` client from client threads): tokens per second and p50 / p95 request latency at several numbers of
-concurrent clients, with the requests spread over the run's tasks (mixed) against the same prompts all sent to
-the first task (single: so the two differ only in the tasks, not in prompt lengths), and against the same
-prompts sent one request at a time (sequential). The modes take turns
-for several rounds; each ratio is the median over rounds of the ratio within a round.
+concurrent clients and answer lengths, with the requests spread over the run's tasks (mixed) against the same
+prompts all sent to the first task (single: so the two differ only in the tasks, not in prompt lengths), and
+against the same prompts sent one request at a time (sequential). The modes take turns for several rounds; each
+ratio is the median over rounds of the ratio within a round. The answer length is a shape of its own: batching
+shares the decoding steps, not the prefill, so the short answers of TRACE's label tasks gain least from it.
 
-    python benchmarks/serve.py --source runs/trace-proxy/moses [--clients 1,4,16] [--requests 4] [--rounds 2]
+    python benchmarks/serve.py --source runs/trace-proxy/moses [--clients 1,4,16] [--max-tokens 16,64]
 
 Issue 14's targets: at 16 clients, mixed-task throughput >= 0.8x single-task and >= 3x one-at-a-time.
 """
@@ -106,7 +107,7 @@ def main() -> None:
                         "is made in runs/serve-adapter")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
-    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--max-tokens", default="16,64", help="answer lengths (tokens), comma-separated")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-window-ms", type=float, help="the server's batching window (default: its own)")
@@ -117,6 +118,7 @@ def main() -> None:
 
     stream = RunConfig.from_file(args.stream_config) if args.stream_config else None
     levels = [int(c) for c in args.clients.split(",")]
+    lengths = [int(n) for n in args.max_tokens.split(",")]
     prompts = prompts_of(Path(args.source or "."), max(levels) * args.requests, stream)
     tasks = list(prompts)
     source = Path(args.source) if args.source else untrained_adapter(stream.model, tasks, Path("runs/serve-adapter"))
@@ -134,20 +136,21 @@ def main() -> None:
         rounds = []
         for round_index in range(args.rounds):
             measured = {}
-            for clients in levels:
-                total = clients * args.requests
-                mixed = [(tasks[i % len(tasks)], prompts[tasks[i % len(tasks)]][i // len(tasks)])
-                         for i in range(total)]
-                single = [(tasks[0], prompt) for _, prompt in mixed]  # the same prompts, all to one task
-                for mode, jobs, threads in (("mixed", mixed, clients), ("single", single, clients),
-                                            ("sequential", mixed, 1)):
-                    if mode == "sequential" and clients == 1:
-                        continue  # the same as mixed at 1 client
-                    measured[f"{mode} {clients}"] = result = one_mode(client, url, jobs, threads, args.max_tokens)
-                    print(f"round {round_index + 1}/{args.rounds} {mode} x{clients}: {result['tokens_per_s']:.1f} "
-                          f"tokens/s, p50 {result['p50_s']:.2f}s, p95 {result['p95_s']:.2f}s, mean batch "
-                          f"{result['mean_batch']:.1f}", file=sys.stderr,
-                          flush=True)
+            for length in lengths:
+                for clients in levels:
+                    total = clients * args.requests
+                    mixed = [(tasks[i % len(tasks)], prompts[tasks[i % len(tasks)]][i // len(tasks)])
+                             for i in range(total)]
+                    single = [(tasks[0], prompt) for _, prompt in mixed]  # the same prompts, all to one task
+                    for mode, jobs, threads in (("mixed", mixed, clients), ("single", single, clients),
+                                                ("sequential", mixed, 1)):
+                        if mode == "sequential" and clients == 1:
+                            continue  # the same as mixed at 1 client
+                        measured[f"{mode} {clients} {length}"] = result = one_mode(client, url, jobs, threads, length)
+                        print(f"round {round_index + 1}/{args.rounds} {mode} x{clients}, {length} tokens: "
+                              f"{result['tokens_per_s']:.1f} tokens/s, p50 {result['p50_s']:.2f}s, p95 "
+                              f"{result['p95_s']:.2f}s, mean batch {result['mean_batch']:.1f}", file=sys.stderr,
+                              flush=True)
             rounds.append(measured)
     finally:
         server.terminate()
@@ -161,23 +164,25 @@ def main() -> None:
 
     rows = []
     for key in rounds[0]:
-        mode, clients = key.split()
-        row = {"mode": mode, "clients": int(clients), "requests": int(clients) * args.requests,
-               "tokens/s": round(median(key, "tokens_per_s"), 1), "p50 s": round(median(key, "p50_s"), 2),
-               "p95 s": round(median(key, "p95_s"), 2), "mean batch": round(median(key, "mean_batch"), 1)}
+        mode, clients, length = key.split()
+        row = {"answer tokens": int(length), "mode": mode, "clients": int(clients),
+               "requests": int(clients) * args.requests, "tokens/s": round(median(key, "tokens_per_s"), 1),
+               "p50 s": round(median(key, "p50_s"), 2), "p95 s": round(median(key, "p95_s"), 2),
+               "mean batch": round(median(key, "mean_batch"), 1)}
         if mode == "mixed":
-            row["mixed / single"] = round(ratio(key, f"single {clients}"), 3)
-            if f"sequential {clients}" in rounds[0]:
-                row["mixed / one at a time"] = round(ratio(key, f"sequential {clients}"), 3)
+            row["mixed / single"] = round(ratio(key, f"single {clients} {length}"), 3)
+            if f"sequential {clients} {length}" in rounds[0]:
+                row["mixed / one at a time"] = round(ratio(key, f"sequential {clients} {length}"), 3)
         rows.append(row)
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    write_results("serve", {"source": str(source), "tasks": tasks, "max_tokens": args.max_tokens,
+    write_results("serve", {"source": str(source), "tasks": tasks, "max_tokens": lengths,
                             "requests_per_client": args.requests, "rounds": rounds}, rows, columns,
                   notes=("An untrained adapter of the tasks (the same computation as a trained one; the answers "
                          "are the base model's). " if args.source is None else "")
                   + f"`moses serve {source}` in its own process on this machine's 2 CPU cores ({args.precision} "
                   f"precision), the official openai client in threads; greedy completions of exactly "
-                  f"{args.max_tokens} tokens (ignore_eos), so every mode generates as many; each client sends "
+                  f"{' or '.join(map(str, lengths))} tokens (ignore_eos), so every mode generates as many; each "
+                  f"client sends "
                   f"{args.requests} requests one after another. mixed: requests "
                   f"spread over the {len(tasks)} tasks ({', '.join(tasks)}); single: the same prompts, all to "
                   f"{tasks[0]}; sequential: the mixed requests one at a time. Medians over rounds; a ratio is "
