@@ -14,7 +14,7 @@ def test_compare_writes_table_json_and_png(tiny_model_dir, tmp_path, capsys):
     assert main(args) == 0
     rows = json.loads((output / "compare.json").read_text())
     assert [r["method"] for r in rows] == ["zero-shot", "lora-per-task"]
-    assert rows[0]["trainable_parameters"] == 0 and rows[0]["stored_bytes"] == 0
+    assert rows[0]["trainable_parameters"] == 0 and rows[0]["stored_bytes"] == 0 and rows[0]["lr"] is None
     assert rows[1]["BWT"] == 0.0 and rows[1]["stored_bytes"] > 0
     assert (output / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (output / "compare.png").stat().st_size > 5000
@@ -54,6 +54,9 @@ def test_compare_variants_intervals_and_one_zero_shot_row(tiny_model_dir, tmp_pa
     table = (output / "compare.md").read_text()
     assert "| OP 95% CI | vs lora-per-task (95% CI) |" in table and "| lpt-fast |" in table
     assert "| precision |" in table and all(r["precision"] == "fp32" for r in rows.values())
+    # each row says the lr it trained with: the config's for plain methods, the variant's own for a variant
+    assert rows["lpt-fast"]["lr"] == 0.05 and rows["seq-lora"]["lr"] == rows["lora-per-task"]["lr"] == 3e-3
+    assert "| lpt-fast | 0.05 |" in table and "| seq-lora | 0.003 |" in table
     assert table.count("| fp32 |") == 3  # each row says its precision: a comparison may mix runs of both
     zero = json.loads((output / "seq-lora" / "results.json").read_text())["zero_shot"]
     assert zero == json.loads((output / "lora-per-task" / "results.json").read_text())["zero_shot"]

@@ -17,20 +17,34 @@ from moses.runner.config import RunConfig
 from moses.runner.lock import directory_lock
 from moses.runner.run import check_output, read_results, run
 
-COLUMNS = ("method", "OP", "OP 95% CI", "vs reference (95% CI)", "BWT", "FWT", "forgetting",
+COLUMNS = ("method", "lr", "OP", "OP 95% CI", "vs reference (95% CI)", "BWT", "FWT", "forgetting",
            "trainable_parameters", "stored_bytes", "owned entries per task", "precision", "median_step_seconds",
            "train_seconds", "total_seconds")
 RESAMPLES, SEED = 1000, 0
 
 
-def comparison_row(method: str, results: dict[str, Any]) -> dict[str, Any]:
+def run_lr(run_dir: Path, results: dict[str, Any]) -> float | None:
+    """The learning rate a run trained with, from its config.json (its method's options over the config's
+    `lr`, as the runner resolves it); None for a run that trained nothing (zero-shot) or has no config."""
+    if not results.get("train_log"):
+        return None
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    options = {**(config.get("options_by_method") or {}).get(config.get("method"), {}),
+               **(config.get("method_options") or {})}
+    return options.get("lr", config.get("lr"))
+
+
+def comparison_row(method: str, results: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
     metrics = results.get("metrics") or {}
     capacity = results.get("capacity") or {}
     stored = capacity.get("stored_bytes", capacity.get("stored_bytes_raw"))
     train = sum(results.get("train_seconds", []))
     steps = [row["seconds"] for row in results.get("train_log", [])]
     owned = [t["owned_entries"] for t in capacity.get("tasks", [])] or None
-    return {"method": method, "OP": metrics.get("OP"), "BWT": metrics.get("BWT"), "FWT": metrics.get("FWT"),
+    return {"method": method, "lr": lr, "OP": metrics.get("OP"), "BWT": metrics.get("BWT"), "FWT": metrics.get("FWT"),
             "forgetting": metrics.get("forgetting"), "trainable_parameters": results.get("trainable_parameters"),
             "stored_bytes": stored, "owned_entries": owned,
             "median_step_seconds": statistics.median(steps) if steps else None, "train_seconds": train,
@@ -117,6 +131,7 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
         cells = {c: cell(row.get(c)) for c in COLUMNS}
         cells["OP 95% CI"] = interval(row.get("OP_ci"))
         cells["vs reference (95% CI)"] = versus(row)
+        cells["lr"] = "-" if row.get("lr") is None else f"{row['lr']:g}"
         owned = row.get("owned_entries")
         cells["owned entries per task"] = " ".join(f"{n / 1e6:.2f}M" for n in owned) if owned else "-"
         lines.append("| " + " | ".join(cells[c] for c in COLUMNS) + " |")
@@ -154,7 +169,7 @@ def _compare_locked(config: RunConfig, methods: list[str], resume: bool, echo, r
                           zero_shot_from=zero_shot_from, label=method)
         if results.get("zero_shot") is not None and zero_shot_from is None:
             zero_shot_from = run_dir
-        rows.append(comparison_row(method, results))
+        rows.append(comparison_row(method, results, run_lr(run_dir, results)))
         scores[method] = final_scores(run_dir)
     add_intervals(rows, scores, reference if reference in methods else methods[0])
     atomic_write_text(output / "compare.json", json.dumps(rows, indent=2) + "\n")
