@@ -12,7 +12,7 @@ from moses.errors import ConfigError
 from moses.io import atomic_write_text
 from moses.methods import METHODS
 from moses.metrics.bootstrap import TaskScores, op_interval, paired_difference_interval
-from moses.report.plots import comparison_bars
+from moses.report.plots import comparison_figure
 from moses.runner.config import RunConfig
 from moses.runner.lock import directory_lock
 from moses.runner.run import check_output, read_results, run
@@ -174,5 +174,5 @@ def _compare_locked(config: RunConfig, methods: list[str], resume: bool, echo, r
     add_intervals(rows, scores, reference if reference in methods else methods[0])
     atomic_write_text(output / "compare.json", json.dumps(rows, indent=2) + "\n")
     atomic_write_text(output / "compare.md", comparison_markdown(rows) + "\n\n" + per_task_markdown(rows) + "\n")
-    comparison_bars(rows, output / "compare.png")
+    comparison_figure(rows, output / "compare.png")
     return rows

@@ -21,24 +21,75 @@ def save_png(fig, path: Path) -> None:
     _figure().close(fig)
 
 
-def comparison_bars(rows: list[dict], path: Path) -> None:
-    """Grouped bars of OP and BWT per method."""
+def comparison_figure(rows: list[dict], path: Path) -> None:
+    """One row per method: OP with its 95% bootstrap interval, OP minus the reference's OP with its paired
+    interval (the figure a claim of a win rests on), BWT, and each task's final score beside zero-shot's."""
+    import numpy as np
+
     plt = _figure()
     names = [r["method"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.3 * len(names) * 2), 3.6))
-    for ax, key, color in ((axes[0], "OP", "#4C72B0"), (axes[1], "BWT", "#C44E52")):
-        values = [r[key] if r[key] is not None else 0.0 for r in rows]
-        errors = None
-        if key == "OP" and any(r.get("OP_ci") for r in rows):  # the 95% bootstrap interval as error bars
-            errors = [[v - r["OP_ci"][0] if r.get("OP_ci") else 0 for v, r in zip(values, rows, strict=True)],
-                      [r["OP_ci"][1] - v if r.get("OP_ci") else 0 for v, r in zip(values, rows, strict=True)]]
-        bars = ax.bar(names, values, color=color, yerr=errors, capsize=3 if errors else 0)
-        ax.bar_label(bars, labels=[f"{v:.1f}" if r[key] is not None else "n/a" for v, r in zip(values, rows,
-                                                                                               strict=True)])
-        ax.set_title(f"{key} (higher is better)")
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.tick_params(axis="x", rotation=30)
-    fig.suptitle("Methods on the same stream, budget and evaluation", y=1.04)
+    reference = rows[0].get("reference") if rows else None
+    height = 1.2 + 0.42 * len(rows)
+    fig = plt.figure(figsize=(15, 2 * height + 1.5))
+    grid = fig.add_gridspec(2, 3, height_ratios=[height, height + 0.4], hspace=0.3, wspace=0.08, top=0.92)
+    places = np.arange(len(rows))[::-1]  # the first method on top
+
+    ax = fig.add_subplot(grid[0, 0])
+    values = [r["OP"] if r.get("OP") is not None else np.nan for r in rows]
+    low = [v - r["OP_ci"][0] if r.get("OP_ci") else 0 for v, r in zip(values, rows, strict=True)]
+    high = [r["OP_ci"][1] - v if r.get("OP_ci") else 0 for v, r in zip(values, rows, strict=True)]
+    ax.barh(places, values, xerr=[low, high], color="#4C72B0", capsize=3)
+    for y, v in zip(places, values, strict=True):
+        ax.text(0.5, y, "n/a" if np.isnan(v) else f"{v:.1f}", va="center", color="white", fontsize=8)
+    ax.set_yticks(places, names)
+    ax.set_title("OP, 95% bootstrap interval")
+
+    ax = fig.add_subplot(grid[0, 1], sharey=ax)
+    for y, r in zip(places, rows, strict=True):
+        if r.get("OP_minus_reference_ci"):
+            d, (lo, hi) = r["OP_minus_reference"], r["OP_minus_reference_ci"]
+            color = "#2CA02C" if lo > 0 else "#C44E52" if hi < 0 else "#7F7F7F"
+            ax.errorbar(d, y, xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=3)
+            ax.text(d, y - 0.22, f"{d:+.1f} [{lo:.1f}, {hi:.1f}]", fontsize=7, va="top", ha="center")
+        else:
+            ax.text(0, y, "reference" if r["method"] == reference else "n/a", ha="center", va="center", fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_title(f"OP - OP({reference}), paired 95% interval")
+    ax.set_xlabel("green: interval above 0, red: below 0, grey: holds 0")
+    ax.tick_params(axis="y", labelleft=False)
+
+    ax = fig.add_subplot(grid[0, 2], sharey=ax)
+    trained = [r.get("trainable_parameters") != 0 and r.get("BWT") is not None for r in rows]
+    bwt = [r["BWT"] if ok else 0.0 for r, ok in zip(rows, trained, strict=True)]
+    ax.barh(places, bwt, color="#C44E52")
+    for y, v, ok in zip(places, bwt, trained, strict=True):
+        ax.text(v if ok else 0, y, f" {v:.1f} " if ok else " n/a", va="center", fontsize=8,
+                ha="right" if v < 0 else "left")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlim(min(min(bwt), 0) * 1.2 - 1, max(max(bwt), 0) * 1.2 + 1)
+    ax.set_title("BWT (0: no forgetting)")
+    ax.tick_params(axis="y", labelleft=False)
+
+    tasks = next((r["tasks"] for r in rows if r.get("tasks")), None)
+    if tasks:
+        ax = fig.add_subplot(grid[1, :])
+        zero = next((r["zero_shot"] for r in rows if r.get("zero_shot")), None)
+        shown = [r for r in rows if not (zero and r.get("final_scores") == zero)]  # zero-shot: once
+        labels = (["(zero-shot)"] if zero else []) + [r["method"] for r in shown]
+        table = ([zero] if zero else []) + [r.get("final_scores") or [None] * len(tasks) for r in shown]
+        scores = np.array([[np.nan if v is None else v for v in row] for row in table], dtype=float)
+        image = ax.imshow(scores, cmap="viridis", vmin=0, vmax=max(60.0, float(np.nanmax(scores, initial=0))),
+                          aspect="auto")
+        for i in range(scores.shape[0]):
+            for j in range(scores.shape[1]):
+                if not np.isnan(scores[i, j]):
+                    ax.text(j, i, f"{scores[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                            color="white" if scores[i, j] < 0.6 * image.norm.vmax else "black")
+        ax.set_xticks(range(len(tasks)), tasks)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_title("Final score per task (after the last task)")
+        fig.colorbar(image, ax=ax, fraction=0.02, pad=0.01)
+    fig.suptitle("Methods on the same stream, budget and evaluation", y=0.97)
     save_png(fig, path)
 
 
