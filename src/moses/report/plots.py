@@ -74,7 +74,7 @@ def comparison_figure(rows: list[dict], path: Path) -> None:
     if tasks:
         ax = fig.add_subplot(grid[1, :])
         zero = next((r["zero_shot"] for r in rows if r.get("zero_shot")), None)
-        shown = [r for r in rows if not (zero and r.get("final_scores") == zero)]  # zero-shot: once
+        shown = [r for r in rows if not (zero and r.get("trainable_parameters") == 0)]  # zero-shot: once
         labels = (["(zero-shot)"] if zero else []) + [r["method"] for r in shown]
         table = ([zero] if zero else []) + [r.get("final_scores") or [None] * len(tasks) for r in shown]
         scores = np.array([[np.nan if v is None else v for v in row] for row in table], dtype=float)
