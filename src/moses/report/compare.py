@@ -8,14 +8,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from moses.errors import ConfigError
+from moses.errors import CheckpointError, ConfigError
 from moses.io import atomic_write_text
 from moses.methods import METHODS
 from moses.metrics.bootstrap import TaskScores, op_interval, paired_difference_interval
 from moses.report.plots import comparison_figure
 from moses.runner.config import RunConfig
 from moses.runner.lock import directory_lock
-from moses.runner.run import check_output, read_results, run
+from moses.runner.run import CONFIG_FILE, check_output, read_config, read_results, run
 
 COLUMNS = ("method", "lr", "OP", "OP 95% CI", "vs reference (95% CI)", "BWT", "FWT", "forgetting",
            "trainable_parameters", "stored_bytes", "owned entries per task", "precision", "median_step_seconds",
@@ -24,17 +24,15 @@ RESAMPLES, SEED = 1000, 0
 
 
 def run_lr(run_dir: Path, results: dict[str, Any]) -> float | None:
-    """The learning rate a run trained with, from its config.json (its method's options over the config's
-    `lr`, as the runner resolves it); None for a run that trained nothing (zero-shot) or has no config."""
-    if not results.get("train_log"):
+    """The learning rate a run trained with, as its saved config resolves it (its method's options over the
+    config's `lr`); None for a run that trained nothing (zero-shot) or has no readable config."""
+    if not results.get("train_log") or not (run_dir / CONFIG_FILE).is_file():
         return None
     try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
+        config = read_config(run_dir)
+    except (CheckpointError, ConfigError):
         return None
-    options = {**(config.get("options_by_method") or {}).get(config.get("method"), {}),
-               **(config.get("method_options") or {})}
-    return options.get("lr", config.get("lr"))
+    return config.options().get("lr", config.lr)
 
 
 def comparison_row(method: str, results: dict[str, Any], lr: float | None = None) -> dict[str, Any]:

@@ -62,6 +62,11 @@ def read_results(output: Path) -> dict[str, Any] | None:
     return read_json(path, CheckpointError) if path.exists() else None
 
 
+def read_config(output: Path) -> RunConfig:
+    """The settings a run directory was started with (its config.json)."""
+    return RunConfig.from_dict(read_json(output / CONFIG_FILE, CheckpointError), str(output / CONFIG_FILE))
+
+
 def _accelerator(config: RunConfig):
     """(accelerator, precision, why): bf16 or fp32 resolved for the run's device."""
     from accelerate import Accelerator, PartialState
@@ -101,7 +106,7 @@ def _shared_zero_shot(config: RunConfig, source: Path | None, output: Path) -> l
     prediction files copied into `output` (the base model's answers do not depend on the method)."""
     if source is None or not (source / CONFIG_FILE).is_file():
         return None
-    other = RunConfig.from_dict(read_json(source / CONFIG_FILE, CheckpointError), str(source / CONFIG_FILE))
+    other = read_config(source)
     results = read_results(source)
     if other.evaluation_key() != config.evaluation_key() or not results or results.get("zero_shot") is None:
         return None
@@ -139,7 +144,7 @@ def _without_resumable(config: RunConfig) -> RunConfig:
 def _check_resumable(output: Path, config: RunConfig) -> list[str]:
     """The settings changed since the run started (only learning rates and clipping may change), or one
     clear error naming the others."""
-    saved = RunConfig.from_dict(read_json(output / CONFIG_FILE, CheckpointError), str(output / CONFIG_FILE))
+    saved = read_config(output)
     if _without_resumable(saved) != _without_resumable(config):
         diffs = [k for k, v in _without_resumable(saved).to_dict().items()
                  if _without_resumable(config).to_dict()[k] != v]
@@ -326,7 +331,7 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     config_path = output / CONFIG_FILE
     if not config_path.is_file():
         raise ConfigError(f"{output}: no {CONFIG_FILE} (not a run directory)")
-    config = RunConfig.from_dict(read_json(config_path, CheckpointError), str(config_path))
+    config = read_config(output)
     results = read_results(output)
     completed = results["completed"] if results else 0
     stream = build_stream(config)
