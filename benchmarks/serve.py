@@ -133,24 +133,24 @@ def main() -> None:
         wait_until_up(url, server)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
         client.completions.create(model=tasks[0], prompt=prompts[tasks[0]][0], max_tokens=2, temperature=0)  # warm
+        modes = []  # (mode, clients, jobs, threads): the same jobs at every answer length and round
+        for clients in levels:
+            mixed = [(tasks[i % len(tasks)], prompts[tasks[i % len(tasks)]][i // len(tasks)])
+                     for i in range(clients * args.requests)]
+            single = [(tasks[0], prompt) for _, prompt in mixed]  # the same prompts, all to one task
+            modes += [("mixed", clients, mixed, clients), ("single", clients, single, clients)]
+            if clients > 1:  # one at a time is the same as mixed at 1 client
+                modes.append(("sequential", clients, mixed, 1))
         rounds = []
         for round_index in range(args.rounds):
             measured = {}
             for length in lengths:
-                for clients in levels:
-                    total = clients * args.requests
-                    mixed = [(tasks[i % len(tasks)], prompts[tasks[i % len(tasks)]][i // len(tasks)])
-                             for i in range(total)]
-                    single = [(tasks[0], prompt) for _, prompt in mixed]  # the same prompts, all to one task
-                    for mode, jobs, threads in (("mixed", mixed, clients), ("single", single, clients),
-                                                ("sequential", mixed, 1)):
-                        if mode == "sequential" and clients == 1:
-                            continue  # the same as mixed at 1 client
-                        measured[f"{mode} {clients} {length}"] = result = one_mode(client, url, jobs, threads, length)
-                        print(f"round {round_index + 1}/{args.rounds} {mode} x{clients}, {length} tokens: "
-                              f"{result['tokens_per_s']:.1f} tokens/s, p50 {result['p50_s']:.2f}s, p95 "
-                              f"{result['p95_s']:.2f}s, mean batch {result['mean_batch']:.1f}", file=sys.stderr,
-                              flush=True)
+                for mode, clients, jobs, threads in modes:
+                    measured[f"{mode} {clients} {length}"] = result = one_mode(client, url, jobs, threads, length)
+                    print(f"round {round_index + 1}/{args.rounds} {mode} x{clients}, {length} tokens: "
+                          f"{result['tokens_per_s']:.1f} tokens/s, p50 {result['p50_s']:.2f}s, p95 "
+                          f"{result['p95_s']:.2f}s, mean batch {result['mean_batch']:.1f}", file=sys.stderr,
+                          flush=True)
             rounds.append(measured)
     finally:
         server.terminate()
