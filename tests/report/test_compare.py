@@ -58,6 +58,8 @@ def test_compare_variants_intervals_and_one_zero_shot_row(tiny_model_dir, tmp_pa
     assert rows["lpt-fast"]["lr"] == 0.05 and rows["seq-lora"]["lr"] == rows["lora-per-task"]["lr"] == 3e-3
     assert "| lpt-fast | 0.05 |" in table and "| seq-lora | 0.003 |" in table
     assert table.count("| fp32 |") == 3  # each row says its precision: a comparison may mix runs of both
+    total = sum(r["total_seconds"] for r in rows.values())
+    assert total > 0 and f"Time: 3 runs, {total:,.0f} s" in table and f"(fp32 {total:,.0f} s)" in table
     zero = json.loads((output / "seq-lora" / "results.json").read_text())["zero_shot"]
     assert zero == json.loads((output / "lora-per-task" / "results.json").read_text())["zero_shot"]
     assert (output / "seq-lora" / "predictions" / "zero-shot-alive.jsonl").is_file()

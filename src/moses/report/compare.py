@@ -136,6 +136,19 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def time_summary(rows: list[dict[str, Any]]) -> str:
+    """The comparison's cost: seconds of training and evaluation summed over its runs, split by precision
+    (a comparison may reuse runs made on other machines, so the split says what the sum is made of)."""
+    by_precision: dict[str, float] = {}
+    for row in rows:
+        precision = row.get("precision") or "?"
+        by_precision[precision] = by_precision.get(precision, 0.0) + (row.get("total_seconds") or 0.0)
+    total = sum(by_precision.values())
+    parts = ", ".join(f"{name} {seconds:,.0f} s" for name, seconds in sorted(by_precision.items()) if seconds)
+    return (f"Time: {len(rows)} runs, {total:,.0f} s ({total / 3600:.2f} h) of training and evaluation summed "
+            f"over the runs{f' ({parts})' if parts else ''}.")
+
+
 def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=print,
             reference: str = "moses") -> list[dict[str, Any]]:
     """Run each method or variant into <output>/<name> (a finished run is reused, an interrupted one resumed)
@@ -171,6 +184,7 @@ def _compare_locked(config: RunConfig, methods: list[str], resume: bool, echo, r
         scores[method] = final_scores(run_dir)
     add_intervals(rows, scores, reference if reference in methods else methods[0])
     atomic_write_text(output / "compare.json", json.dumps(rows, indent=2) + "\n")
-    atomic_write_text(output / "compare.md", comparison_markdown(rows) + "\n\n" + per_task_markdown(rows) + "\n")
+    atomic_write_text(output / "compare.md", comparison_markdown(rows) + "\n\n" + time_summary(rows) + "\n\n"
+                      + per_task_markdown(rows) + "\n")
     comparison_figure(rows, output / "compare.png")
     return rows
