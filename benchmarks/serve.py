@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", default="16,64", help="answer lengths (tokens), comma-separated")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--name", default="serve", help="results go to benchmarks/results/<name>.json and .md")
     parser.add_argument("--batch-window-ms", type=float, help="the server's batching window (default: its own)")
     args = parser.parse_args()
     if args.source is None and args.stream_config is None:
@@ -175,12 +177,13 @@ def main() -> None:
                 row["mixed / one at a time"] = round(ratio(key, f"sequential {clients} {length}"), 3)
         rows.append(row)
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    write_results("serve", {"source": str(source), "tasks": tasks, "max_tokens": lengths,
+    write_results(args.name, {"source": str(source), "tasks": tasks, "max_tokens": lengths,
                             "requests_per_client": args.requests, "rounds": rounds}, rows, columns,
                   notes=("An untrained adapter of the tasks (the same computation as a trained one; the answers "
                          "are the base model's). " if args.source is None else "")
-                  + f"`moses serve {source}` in its own process on this machine's 2 CPU cores ({args.precision} "
-                  f"precision), the official openai client in threads; greedy completions of exactly "
+                  + f"`moses serve {source}` in its own process on this machine's {os.cpu_count()} CPU cores "
+                  f"({args.precision} precision; {args.rounds} round{'s' if args.rounds > 1 else ''}), the "
+                  f"official openai client in threads; greedy completions of exactly "
                   f"{' or '.join(map(str, lengths))} tokens (ignore_eos), so every mode generates as many; each "
                   f"client sends "
                   f"{args.requests} requests one after another. mixed: requests "
