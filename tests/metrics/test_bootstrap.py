@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from moses.metrics.bootstrap import op_interval, paired_difference_interval
+from moses.metrics.bootstrap import (
+    detectable_difference,
+    op_interval,
+    paired_difference_interval,
+    paired_difference_samples,
+)
 
 
 def scores(seed: int, sizes=(64, 64, 32), p=0.5) -> list[list[float]]:
@@ -38,6 +43,19 @@ def test_paired_interval_cancels_shared_noise():
     assert 0 < low <= op(shifted) - op(base) <= high
     unpaired = op_interval(shifted)[1] - op_interval(shifted)[0]
     assert high - low < unpaired / 2  # pairing removes the between-example noise
+
+
+def test_detectable_difference_follows_the_paired_spread():
+    assert detectable_difference(1.0) == pytest.approx(1.95996 + 0.84162, abs=1e-4)  # z_0.975 + z_0.8
+    assert detectable_difference(2.0, power=0.5) == pytest.approx(2 * 1.95996, abs=1e-4)
+    base = [[0.0] * n for n in (64, 64, 32)]
+    better = [[100.0 if i < 8 else 0.0 for i in range(len(task))] for task in base]
+    samples = paired_difference_samples(better, base, resamples=2000, seed=0)
+    # 8 of each task's examples gain 100 points: the per-task mean's SE is 100 * sqrt(q(1-q)/n), q = 8/n
+    expected = np.sqrt(np.mean([100**2 * (8 / n) * (1 - 8 / n) / n for n in (64, 64, 32)]) / 3)
+    assert samples.std() == pytest.approx(expected, rel=0.1)
+    base = scores(1)
+    assert paired_difference_samples(base, base).std() == 0.0
 
 
 def test_errors():

@@ -51,6 +51,7 @@ def test_compare_variants_intervals_and_one_zero_shot_row(tiny_model_dir, tmp_pa
             low, high = row["OP_minus_reference_ci"]
             assert low <= row["OP_minus_reference"] <= high
             assert row["OP_minus_reference"] == pytest.approx(row["OP"] - rows["lora-per-task"]["OP"])
+            assert row["detectable_difference"] == pytest.approx(2.8016 * row["OP_minus_reference_se"], rel=1e-3)
     table = (output / "compare.md").read_text()
     assert "| OP 95% CI | vs lora-per-task (95% CI) |" in table and "| lpt-fast |" in table
     assert "| precision |" in table and all(r["precision"] == "fp32" for r in rows.values())
@@ -59,6 +60,7 @@ def test_compare_variants_intervals_and_one_zero_shot_row(tiny_model_dir, tmp_pa
     assert "| lpt-fast | 0.05 |" in table and "| seq-lora | 0.003 |" in table
     assert table.count("| fp32 |") == 3  # each row says its precision: a comparison may mix runs of both
     total = sum(r["total_seconds"] for r in rows.values())
+    assert "detect with 80% power" in table and f"lpt-fast {rows['lpt-fast']['detectable_difference']:.1f}" in table
     assert total > 0 and f"Time: 3 runs, {total:,.0f} s" in table and f"(fp32 {total:,.0f} s)" in table
     zero = json.loads((output / "seq-lora" / "results.json").read_text())["zero_shot"]
     assert zero == json.loads((output / "lora-per-task" / "results.json").read_text())["zero_shot"]

@@ -9,6 +9,7 @@ so the noise of which examples were drawn cancels.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -25,7 +26,8 @@ def _op_samples(scores: TaskScores, indices: list[np.ndarray]) -> np.ndarray:
     return np.mean(per_task, axis=0)
 
 
-def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` share of bootstrap samples."""
     low, high = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
 
@@ -41,14 +43,28 @@ def op_interval(scores: TaskScores, resamples: int = 1000, seed: int = 0,
                 level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of OP."""
     sizes = _sizes(scores)
-    return _interval(_op_samples(scores, _resampled_indices(sizes, resamples, seed)), level)
+    return percentile_interval(_op_samples(scores, _resampled_indices(sizes, resamples, seed)), level)
+
+
+def paired_difference_samples(scores: TaskScores, reference: TaskScores, resamples: int = 1000,
+                              seed: int = 0) -> np.ndarray:
+    """OP(scores) - OP(reference) on each of `resamples` resamples of the same test examples."""
+    sizes = _sizes(scores)
+    if _sizes(reference) != sizes:
+        raise ValueError(f"paired scores need the same test examples: {sizes} vs {_sizes(reference)}")
+    indices = _resampled_indices(sizes, resamples, seed)
+    return _op_samples(scores, indices) - _op_samples(reference, indices)
 
 
 def paired_difference_interval(scores: TaskScores, reference: TaskScores, resamples: int = 1000, seed: int = 0,
                                level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of OP(scores) - OP(reference) on the same resampled examples."""
-    sizes = _sizes(scores)
-    if _sizes(reference) != sizes:
-        raise ValueError(f"paired scores need the same test examples: {sizes} vs {_sizes(reference)}")
-    indices = _resampled_indices(sizes, resamples, seed)
-    return _interval(_op_samples(scores, indices) - _op_samples(reference, indices), level)
+    return percentile_interval(paired_difference_samples(scores, reference, resamples, seed), level)
+
+
+def detectable_difference(standard_error: float, level: float = 0.95, power: float = 0.8) -> float:
+    """The smallest true difference whose interval at `level` excludes 0 with probability `power`, for an
+    estimate with this standard error (normal approximation: (z_(1+level)/2 + z_power) x SE, 2.80 x SE at
+    95% and 80%): what a test set of this size can tell apart at all."""
+    normal = NormalDist()
+    return (normal.inv_cdf((1 + level) / 2) + normal.inv_cdf(power)) * standard_error

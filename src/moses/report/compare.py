@@ -11,7 +11,13 @@ from typing import Any
 from moses.errors import CheckpointError, ConfigError
 from moses.io import atomic_write_text
 from moses.methods import METHODS
-from moses.metrics.bootstrap import TaskScores, op_interval, paired_difference_interval
+from moses.metrics.bootstrap import (
+    TaskScores,
+    detectable_difference,
+    op_interval,
+    paired_difference_samples,
+    percentile_interval,
+)
 from moses.report.plots import comparison_figure
 from moses.runner.config import RunConfig
 from moses.runner.lock import directory_lock
@@ -103,7 +109,10 @@ def add_intervals(rows: list[dict[str, Any]], scores: dict[str, TaskScores | Non
         paired = mine and base and row["method"] != reference and [len(t) for t in mine] == [len(t) for t in base]
         row["OP_minus_reference"] = (row["OP"] - next(r["OP"] for r in rows if r["method"] == reference)
                                      if paired else None)
-        row["OP_minus_reference_ci"] = list(paired_difference_interval(mine, base, RESAMPLES, SEED)) if paired else None
+        samples = paired_difference_samples(mine, base, RESAMPLES, SEED) if paired else None
+        row["OP_minus_reference_ci"] = list(percentile_interval(samples)) if paired else None
+        row["OP_minus_reference_se"] = float(samples.std()) if paired else None
+        row["detectable_difference"] = detectable_difference(row["OP_minus_reference_se"]) if paired else None
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
@@ -149,6 +158,18 @@ def time_summary(rows: list[dict[str, Any]]) -> str:
             f"over the runs{f' ({parts})' if parts else ''}.")
 
 
+def power_summary(rows: list[dict[str, Any]]) -> str:
+    """How large a difference to the reference these test sets can detect, row by row: a paired interval that
+    holds 0 means little where the difference is below this."""
+    rows = [r for r in rows if r.get("detectable_difference") is not None]
+    if not rows:
+        return ""
+    reference = rows[0]["reference"]
+    sizes = ", ".join(f"{r['method']} {r['detectable_difference']:.1f}" for r in rows)
+    return (f"Smallest OP difference to {reference} that these test sets detect with 80% power (the paired "
+            f"interval excluding 0; 2.80 x the paired bootstrap SE): {sizes}.")
+
+
 def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=print,
             reference: str = "moses") -> list[dict[str, Any]]:
     """Run each method or variant into <output>/<name> (a finished run is reused, an interrupted one resumed)
@@ -184,7 +205,8 @@ def _compare_locked(config: RunConfig, methods: list[str], resume: bool, echo, r
         scores[method] = final_scores(run_dir)
     add_intervals(rows, scores, reference if reference in methods else methods[0])
     atomic_write_text(output / "compare.json", json.dumps(rows, indent=2) + "\n")
-    atomic_write_text(output / "compare.md", comparison_markdown(rows) + "\n\n" + time_summary(rows) + "\n\n"
-                      + per_task_markdown(rows) + "\n")
+    atomic_write_text(output / "compare.md", "\n\n".join(
+        part for part in (comparison_markdown(rows), power_summary(rows), time_summary(rows), per_task_markdown(rows))
+        if part) + "\n")
     comparison_figure(rows, output / "compare.png")
     return rows
