@@ -14,7 +14,6 @@ Issue 14's targets: at 16 clients, mixed-task throughput >= 0.8x single-task and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -43,11 +42,9 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 300) -> 
 def prompts_of(source: Path, per_task: int, stream_config=None) -> dict[str, list[str]]:
     """Each task's first test prompts, from the run's own config or, for an adapter directory, `stream_config`
     (a RunConfig)."""
-    from moses.runner.config import RunConfig
-    from moses.runner.run import build_stream
+    from moses.runner.run import build_stream, read_config
 
-    config = stream_config or RunConfig.from_dict(json.loads((source / "config.json").read_text()),
-                                                  str(source / "config.json"))
+    config = stream_config or read_config(source)
     return {task.name: [e["prompt"] for e in task.test[:per_task]] for task in build_stream(config)}
 
 

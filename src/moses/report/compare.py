@@ -109,10 +109,12 @@ def add_intervals(rows: list[dict[str, Any]], scores: dict[str, TaskScores | Non
         paired = mine and base and row["method"] != reference and [len(t) for t in mine] == [len(t) for t in base]
         row["OP_minus_reference"] = (row["OP"] - next(r["OP"] for r in rows if r["method"] == reference)
                                      if paired else None)
-        samples = paired_difference_samples(mine, base, RESAMPLES, SEED) if paired else None
-        row["OP_minus_reference_ci"] = list(percentile_interval(samples)) if paired else None
-        row["OP_minus_reference_se"] = float(samples.std()) if paired else None
-        row["detectable_difference"] = detectable_difference(row["OP_minus_reference_se"]) if paired else None
+        row["OP_minus_reference_ci"] = row["OP_minus_reference_se"] = row["detectable_difference"] = None
+        if paired:
+            samples = paired_difference_samples(mine, base, RESAMPLES, SEED)
+            row["OP_minus_reference_ci"] = list(percentile_interval(samples))
+            row["OP_minus_reference_se"] = float(samples.std())
+            row["detectable_difference"] = detectable_difference(row["OP_minus_reference_se"])
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:

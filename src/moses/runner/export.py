@@ -14,11 +14,10 @@ def resolve_adapter(source: Path, model_name: str | None = None) -> tuple[Path, 
     """(adapter directory, base model) of `source`: a run directory (its last checkpoint, verified; the run's
     model) or a MoSEs adapter directory (`model_name`, else the adapter's base_model_name_or_path)."""
     from moses.runner.checkpoints import final_checkpoint
-    from moses.runner.config import RunConfig
-    from moses.runner.run import CONFIG_FILE, build_stream, read_results
+    from moses.runner.run import CONFIG_FILE, build_stream, read_config, read_results
 
     if (source / CONFIG_FILE).is_file():
-        config = RunConfig.from_dict(read_json(source / CONFIG_FILE, CheckpointError), str(source / CONFIG_FILE))
+        config = read_config(source)
         if config.method != "moses":
             raise ConfigError(f"{source}: a {config.method} run; this needs a MoSEs run")
         results = read_results(source)
