@@ -49,6 +49,13 @@ def arch(request) -> str:
     return request.param
 
 
+def left_padded(prompts: list[list[int]], pad: int = 0) -> dict[str, torch.Tensor]:
+    """Token id lists as one left-padded generation batch."""
+    width = max(len(p) for p in prompts)
+    return {"input_ids": torch.tensor([[pad] * (width - len(p)) + p for p in prompts]),
+            "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])}
+
+
 def random_batch(seed: int, batch: int = 3, length: int = 10) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, VOCAB, (batch, length), generator=generator)

@@ -6,7 +6,7 @@ import torch
 from moses import MoSEsConfig, get_moses_model
 from moses.serve.prefill import bucketed_prefill, cache_argument, length_buckets, padded_ratio, should_bucket
 
-from conftest import VOCAB, build, train_task
+from conftest import VOCAB, build, left_padded, train_task
 
 
 def test_length_buckets_cover_every_row_once_within_the_slack():
@@ -20,12 +20,6 @@ def test_length_buckets_cover_every_row_once_within_the_slack():
     assert padded_ratio([10, 10]) == 1.0 and padded_ratio([1, 3]) == 1.5
     assert not should_bucket(torch.ones(4, 7)) and not should_bucket(torch.tensor([[0, 1, 1]]))
     assert should_bucket(torch.tensor([[0, 0, 0, 1], [1, 1, 1, 1]]))  # 8 tokens computed for 5
-
-
-def left_padded(prompts: list[list[int]], pad: int = 0) -> dict[str, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    return {"input_ids": torch.tensor([[pad] * (width - len(p)) + p for p in prompts]),
-            "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])}
 
 
 @pytest.fixture(params=["llama", "gpt2"])

@@ -15,6 +15,7 @@ from moses.data.collate import generation_batch
 from moses.errors import TaskError
 from moses.precision import autocast, resolve_precision
 from moses.serve.prefill import bucketed_prefill, cache_argument, should_bucket
+from moses.serve.ragged import RAGGED_SDPA
 
 AUTO = "auto"
 TokenCallback = Callable[[int, int], None]  # (request index in the batch, token id), called as tokens are made
@@ -67,12 +68,32 @@ class Engine:
     """A MoSEs model, its tokenizer and how to run it; `generate` answers a batch of requests."""
 
     def __init__(self, model, tokenizer, base_name: str, precision: str = "fp32", max_prompt_tokens: int = 1024,
-                 source: str | None = None, bucket_prefill: bool = True, static_cache: bool = True) -> None:
+                 source: str | None = None, bucket_prefill: bool = True, static_cache: bool = True,
+                 ragged_decode: bool = True) -> None:
         self.model, self.tokenizer, self.base_name = model, tokenizer, base_name
         self.precision, self.max_prompt_tokens, self.source = precision, max_prompt_tokens, source
         self.bucket_prefill = bucket_prefill  # prompts of very different lengths: prefill them in length buckets
         self.static_cache = static_cache  # a batch decodes into a preallocated cache (False: transformers' dynamic)
+        self.ragged_decode = ragged_decode
         self.model.eval()
+
+    @property
+    def ragged_decode(self) -> bool:
+        """Whether a batch's decoding steps attend each group of similar prompt length over its own span of the
+        cache (serve/ragged.py) rather than all rows over the longest prompt; only over SDPA attention."""
+        return self._causal_lm.config._attn_implementation == RAGGED_SDPA
+
+    @ragged_decode.setter
+    def ragged_decode(self, on: bool) -> None:
+        current = self._causal_lm.config._attn_implementation
+        if on and current == "sdpa":
+            self._causal_lm.set_attn_implementation(RAGGED_SDPA)
+        elif not on and current == RAGGED_SDPA:
+            self._causal_lm.set_attn_implementation("sdpa")
+
+    @property
+    def _causal_lm(self):
+        return getattr(self.model, "model", self.model)  # a MoSEsModel's base, or a plain causal LM
 
     @classmethod
     def load(cls, source: str | Path, model_name: str | None = None, precision: str = "auto",
@@ -134,15 +155,20 @@ class Engine:
             groups.setdefault(key, []).append(i)
         results: list[GenerationResult | None] = [None] * len(requests)
         for key, members in groups.items():
-            streamer = _StepStreamer(members, on_token) if on_token is not None else None
-            for i, result in zip(members, self._generate_group(key, [requests[i] for i in members],
-                                                               [indices[i] for i in members], streamer), strict=True):
+            for i, result in self._generate_group(key, members, requests, indices, on_token):
                 results[i] = result
         return results  # type: ignore[return-value]
 
-    def _generate_group(self, key: tuple, requests: list[GenerationRequest], indices: list[int],
-                        streamer: BaseStreamer | None = None) -> list[GenerationResult]:
-        batch = self._batch([r.prompt for r in requests])
+    def _generate_group(self, key: tuple, members: list[int], all_requests: list[GenerationRequest],
+                        all_indices: list[int], on_token: TokenCallback | None) -> list[tuple[int, GenerationResult]]:
+        """(request index, result) for the requests `members` of one sampling setting, in one generate call.
+        The rows are sorted longest prompt first, so rows of similar length are neighbours (ragged decoding)."""
+        batch = self._batch([all_requests[i].prompt for i in members])
+        order = batch["attention_mask"].sum(dim=1).argsort(descending=True, stable=True).tolist()
+        batch = {name: tensor[order] for name, tensor in batch.items()}
+        members = [members[i] for i in order]
+        requests, indices = [all_requests[i] for i in members], [all_indices[i] for i in members]
+        streamer = _StepStreamer(members, on_token) if on_token is not None else None
         greedy = key[0] == "greedy"
         sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": requests[0].temperature, "top_p": requests[0].top_p}
@@ -167,8 +193,8 @@ class Engine:
                                       disable_compile=True, **cache_options, **sampling)
         width = batch["input_ids"].shape[1]
         prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
-        return [self._result(request, out[row, width:].tolist(), index, prompt_tokens[row])
-                for row, (request, index) in enumerate(zip(requests, indices, strict=True))]
+        return [(member, self._result(request, out[row, width:].tolist(), index, prompt_tokens[row]))
+                for row, (member, request, index) in enumerate(zip(members, requests, indices, strict=True))]
 
     def _result(self, request: GenerationRequest, ids: list[int], index: int, prompt_tokens: int) -> GenerationResult:
         eos = self.tokenizer.eos_token_id
