@@ -138,6 +138,10 @@ def test_untrained_rows_reuse_the_zero_shot_answers_exactly(name, tiny_model_dir
     monkeypatch.setattr(METHODS[name], "base_until_trained", False)
     generated = run(tiny_config(tiny_model_dir, tmp_path / "generated", method=name, zero_shot=True), **QUIET)
     assert reused["R"] == generated["R"] and reused["R"][0][0] == reused["zero_shot"][0]
+    if name == "multitask":  # its first rows are the untrained model: no forgetting to measure
+        assert reused["metrics"]["BWT"] is None and reused["metrics"]["forgetting"] is None
+    else:
+        assert reused["metrics"]["BWT"] == 0.0
     for path in (tmp_path / "generated" / "predictions").iterdir():
         assert (tmp_path / "reused" / "predictions" / path.name).read_text() == path.read_text()
 

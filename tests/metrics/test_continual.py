@@ -61,3 +61,10 @@ def test_malformed_matrices_are_errors():
         average_performance([[1.0, None], [None, 2.0]])
     with pytest.raises(ValueError, match=r"R\[1\]\[1\] is missing"):
         average_performance([[1.0, None], [3.0, None]])
+
+
+def test_a_method_that_is_not_continual_has_no_backward_metrics():
+    """Multitask's earlier rows are the untrained model: R[T][i] - R[i][i] would measure training."""
+    joint = summarize(R, ZERO_SHOT, continual=False)
+    assert joint["BWT"] is None and joint["BWT_clipped"] is None and joint["forgetting"] is None
+    assert joint["OP"] == summarize(R, ZERO_SHOT)["OP"] and joint["FWT"] == summarize(R, ZERO_SHOT)["FWT"]

@@ -65,3 +65,14 @@ def test_compare_variants_intervals_and_one_zero_shot_row(tiny_model_dir, tmp_pa
     zero = json.loads((output / "seq-lora" / "results.json").read_text())["zero_shot"]
     assert zero == json.loads((output / "lora-per-task" / "results.json").read_text())["zero_shot"]
     assert (output / "seq-lora" / "predictions" / "zero-shot-alive.jsonl").is_file()
+
+
+def test_a_row_of_a_method_that_is_not_continual_has_no_bwt_even_from_an_older_run():
+    from moses.report.compare import comparison_row
+
+    saved = {"method": "multitask", "metrics": {"OP": 35.5, "BWT": 27.8, "forgetting": -27.8}}  # before the flag
+    row = comparison_row("multitask", saved)
+    assert row["OP"] == 35.5 and row["BWT"] is None and row["forgetting"] is None
+    assert saved["metrics"]["BWT"] == 27.8  # the run's own results are left as saved
+    sequential = comparison_row("seq-lora", {"method": "seq-lora", "metrics": {"OP": 26.4, "BWT": -8.5}})
+    assert sequential["BWT"] == -8.5

@@ -28,6 +28,9 @@ class Method:
     # True: until its first training example the method's model is the base model exactly (no adapter, or one
     # whose delta is 0), so the runner reuses the zero-shot row's answers instead of generating them again
     base_until_trained: ClassVar[bool] = False
+    # False: the method trains once on every task's data at the last stage (multitask), so the stream's
+    # backward metrics (BWT, forgetting) do not apply to it
+    continual: ClassVar[bool] = True
     # the run's token limits, set by the runner, for methods that encode examples themselves
     max_prompt_tokens: int = 320
     max_answer_tokens: int = 64

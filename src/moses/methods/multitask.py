@@ -11,6 +11,7 @@ from moses.methods.lora import LoRAMethod
 class MultitaskMethod(LoRAMethod):
     name = "multitask"
     base_until_trained = True  # a fresh LoRA has B = 0: its rows before the last stage are the zero-shot row
+    continual = False
 
     def training_examples(self, task: Task, index: int, stream: list[Task]) -> list[Example]:
         return [e for t in stream for e in t.train] if index == len(stream) - 1 else []

@@ -67,12 +67,16 @@ def average_accuracy_over_time(R: Matrix) -> float | None:
     return sum(sum(R[i][: i + 1]) / (i + 1) for i in range(T)) / T
 
 
-def summarize(R: Matrix, zero_shot: Sequence[float] | None = None) -> dict[str, float | None]:
+def summarize(R: Matrix, zero_shot: Sequence[float] | None = None, continual: bool = True
+              ) -> dict[str, float | None]:
+    """The stream's metrics. `continual=False` (a method that trains on every task at once, at the last stage):
+    its earlier rows are the untrained model, so BWT and forgetting would measure training, not forgetting,
+    and are None."""
     return {
         "OP": average_performance(R),
-        "BWT": backward_transfer(R),
-        "BWT_clipped": backward_transfer(R, clipped=True),
+        "BWT": backward_transfer(R) if continual else None,
+        "BWT_clipped": backward_transfer(R, clipped=True) if continual else None,
         "FWT": forward_transfer(R, zero_shot) if zero_shot is not None else None,
-        "forgetting": forgetting(R),
+        "forgetting": forgetting(R) if continual else None,
         "AAT": average_accuracy_over_time(R),
     }

@@ -42,7 +42,9 @@ def run_lr(run_dir: Path, results: dict[str, Any]) -> float | None:
 
 
 def comparison_row(method: str, results: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
-    metrics = results.get("metrics") or {}
+    metrics = dict(results.get("metrics") or {})
+    if not getattr(METHODS.get(results.get("method")), "continual", True):  # also runs saved before the flag
+        metrics["BWT"] = metrics["forgetting"] = None
     capacity = results.get("capacity") or {}
     stored = capacity.get("stored_bytes", capacity.get("stored_bytes_raw"))
     train = sum(results.get("train_seconds", []))

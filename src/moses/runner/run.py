@@ -286,7 +286,8 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
         results["capacity_history"] = results.get("capacity_history", [])[:i] + [results["capacity"]]
         seen = [[r[j] for j in range(i + 1)] for r in results["R"]]
         complete = all(score is not None for score in seen[-1])  # not in the middle of a diagonal run
-        results["metrics"] = (summarize(seen, results["zero_shot"][: i + 1] if results["zero_shot"] else None)
+        results["metrics"] = (summarize(seen, results["zero_shot"][: i + 1] if results["zero_shot"] else None,
+                                        continual=method.continual)
                               if complete else None)
         if main:
             _write_results(output, results)
