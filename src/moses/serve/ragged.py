@@ -7,9 +7,9 @@ over that whole width, its left padding masked but still read: a mixed server ba
 2.1 of their 5.9 s in SDPA (torch.profiler, one thread). Measured (benchmarks/ragged_decode.py, 2 threads): the
 decoding steps ran a median 1.12x faster than full-width decoding over 3 rounds (0.92 to 1.76 on this noisy
 CPU); a short answer's prefill is most of its time, so whole batches of 16-token answers were unchanged
-within the noise (benchmarks/results/prefill.md). The rows of a batch
-are sorted by prompt length (`Engine`), so groups of similar length are contiguous rows, and each group's
-keys and values are views of the cache: nothing is copied. The idea is vLLM's paged attention (no padding in
+within the noise (benchmarks/results/prefill.md). The rows of a batch are sorted by prompt length (`Engine`),
+so groups of similar length are contiguous rows, and each group's keys and values are views of the cache:
+nothing is copied. The idea is vLLM's paged attention (no padding in
 decoding) within the dense cache of `transformers`.
 
 Registered as an attention implementation through `transformers`' AttentionInterface (and SDPA's mask under
