@@ -4,13 +4,15 @@ of a left-padded batch attends each group of rows of similar prompt length over 
 A batch decodes into one cache as wide as its longest prompt (plus the answer), and SDPA computes every row
 over that whole width, its left padding masked but still read: a mixed server batch of prompts from 36 to
 427 tokens computes about 3.6x the keys the prompts hold, and the 15 decoding steps of 16 such requests spent
-2.1 of their 5.9 s in SDPA (torch.profiler, one thread). Measured (benchmarks/ragged_decode.py, 2 threads): the
-decoding steps ran a median 1.12x faster than full-width decoding over 3 rounds (0.92 to 1.76 on this noisy
-CPU); a short answer's prefill is most of its time, so whole batches of 16-token answers were unchanged
-within the noise (benchmarks/results/prefill.md). The rows of a batch are sorted by prompt length (`Engine`),
-so groups of similar length are contiguous rows, and each group's keys and values are views of the cache:
-nothing is copied. The idea is vLLM's paged attention (no padding in
-decoding) within the dense cache of `transformers`.
+2.1 of their 5.9 s in SDPA (torch.profiler, one thread). Measured on a 2-core AVX2 CPU
+(benchmarks/ragged_decode.py, 2 threads), no gain shows through this machine's noise: full-width over ragged
+decoding time was a median 1.04 over 6 rounds (0.76 to 1.81 by round; 1.12 in an earlier run of 3), and
+whole batches of 16-token answers, mostly prefill, were unchanged (benchmarks/results/prefill.md). It stays
+on because it computes the same scores (tests/serve/test_ragged.py) and skips only masked keys.
+
+The rows of a batch are sorted by prompt length (`Engine`), so groups of similar length are contiguous rows,
+and each group's keys and values are views of the cache: nothing is copied. The idea is vLLM's paged attention
+(no padding in decoding) within the dense cache of `transformers`.
 
 Registered as an attention implementation through `transformers`' AttentionInterface (and SDPA's mask under
 the same name), so `model.set_attn_implementation(RAGGED_SDPA)` switches it on; prefill and batches of one row
