@@ -136,6 +136,16 @@ def proxy_engine(data_dir: str, n_test: int):
     return Engine(model, tokenizer, "smollm2-135m", precision=precision), tasks, precision, why
 
 
+def mixed_requests(tasks, count: int, max_tokens: int) -> list:
+    """`count` greedy requests of exactly `max_tokens` new tokens over the proxy's tasks in turn (request i: task
+    i % 4, its (i // 4)-th test prompt), as the serving benchmarks send them."""
+    from moses.serve.engine import GenerationRequest
+
+    return [GenerationRequest(prompt=tasks[i % len(tasks)].test[i // len(tasks)]["prompt"],
+                              task=tasks[i % len(tasks)].name, max_tokens=max_tokens, temperature=0, ignore_eos=True)
+            for i in range(count)]
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 for a benchmark's server."""
     with socket.socket() as probe:

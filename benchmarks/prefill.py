@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from common import PROXY_DATA, proxy_engine, write_results
+from common import PROXY_DATA, mixed_requests, proxy_engine, write_results
 
 
 def main() -> None:
@@ -31,7 +31,6 @@ def main() -> None:
     import torch
 
     from moses.data.collate import generation_batch
-    from moses.serve.engine import GenerationRequest
     from moses.serve.prefill import padded_ratio
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -39,9 +38,7 @@ def main() -> None:
     tokenizer = engine.tokenizer
     rows = []
     for size in sizes:
-        requests = [GenerationRequest(prompt=tasks[i % 4].test[i // 4]["prompt"], task=tasks[i % 4].name,
-                                      max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
-                    for i in range(size)]
+        requests = mixed_requests(tasks, size, args.max_tokens)
         lengths = generation_batch(tokenizer, [r.prompt for r in requests], engine.max_prompt_tokens)[
             "attention_mask"].sum(dim=1).tolist()
 

@@ -13,7 +13,7 @@ import argparse
 import statistics
 import time
 
-from common import PROXY_DATA, proxy_engine, write_results
+from common import PROXY_DATA, mixed_requests, proxy_engine, write_results
 
 
 def main() -> None:
@@ -26,20 +26,14 @@ def main() -> None:
 
     import torch
 
-    from moses.serve.engine import GenerationRequest
-
     engine, tasks, precision, why = proxy_engine(args.data_dir, args.requests)
-
-    def requests(tokens: int) -> list[GenerationRequest]:
-        return [GenerationRequest(prompt=tasks[i % 4].test[i // 4]["prompt"], task=tasks[i % 4].name,
-                                  max_tokens=tokens, temperature=0, ignore_eos=True) for i in range(args.requests)]
 
     def seconds(tokens: int) -> float:
         began = time.perf_counter()
-        engine.generate(requests(tokens))
+        engine.generate(mixed_requests(tasks, args.requests, tokens))
         return time.perf_counter() - began
 
-    engine.generate(requests(2))  # warm-up
+    engine.generate(mixed_requests(tasks, args.requests, 2))  # warm-up
     modes = {"ragged": True, "full-width": False}
     decode: dict[str, list[float]] = {mode: [] for mode in modes}
     prefill: dict[str, list[float]] = {mode: [] for mode in modes}

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import PROXY_DATA, free_port, proxy_engine, write_results
+from common import PROXY_DATA, free_port, mixed_requests, proxy_engine, write_results
 
 
 def main() -> None:
@@ -31,11 +31,10 @@ def main() -> None:
     import uvicorn
 
     from moses.serve import create_app
-    from moses.serve.engine import GenerationRequest
 
     engine, tasks, precision, why = proxy_engine(args.data_dir, args.requests)
-    jobs = [(tasks[i % 4].name, tasks[i % 4].test[i // 4]["prompt"]) for i in range(args.requests)]
-    requests = [GenerationRequest(prompt=p, task=t, max_tokens=16, temperature=0, ignore_eos=True) for t, p in jobs]
+    requests = mixed_requests(tasks, args.requests, 16)
+    jobs = [(r.task, r.prompt) for r in requests]
 
     calls: list[tuple[int, float]] = []  # (batch size, seconds) of every generate call
     generate = engine.generate

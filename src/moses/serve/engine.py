@@ -164,7 +164,8 @@ class Engine:
         """(request index, result) for the requests `members` of one sampling setting, in one generate call.
         The rows are sorted longest prompt first, so rows of similar length are neighbours (ragged decoding)."""
         batch = self._batch([all_requests[i].prompt for i in members])
-        order = batch["attention_mask"].sum(dim=1).argsort(descending=True, stable=True).tolist()
+        lengths = batch["attention_mask"].sum(dim=1)
+        order = lengths.argsort(descending=True, stable=True).tolist()
         batch = {name: tensor[order] for name, tensor in batch.items()}
         members = [members[i] for i in order]
         requests, indices = [all_requests[i] for i in members], [all_indices[i] for i in members]
@@ -192,7 +193,7 @@ class Engine:
                                       pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
                                       disable_compile=True, **cache_options, **sampling)
         width = batch["input_ids"].shape[1]
-        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+        prompt_tokens = lengths[order].tolist()
         return [(member, self._result(request, out[row, width:].tolist(), index, prompt_tokens[row]))
                 for row, (member, request, index) in enumerate(zip(members, requests, indices, strict=True))]
 
