@@ -6,9 +6,9 @@ import torch
 from moses import MoSEsConfig, get_moses_model
 from moses.errors import ConfigError
 from moses.machine import cpu_model, describe_machine
-from moses.precision import autocast, cpu_bf16_flags, resolve_precision
+from moses.precision import autocast, cpu_bf16_flags, frozen_weights_cast, resolve_precision
 
-from conftest import build, random_batch
+from conftest import VOCAB, build, random_batch, train_steps
 
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -89,3 +89,58 @@ def test_bf16_training_keeps_fp32_masters_and_the_invariants():
         assert torch.equal(layer.lora_A[frozen_a], a[frozen_a]) and torch.equal(layer.lora_B[frozen_b], b[frozen_b])
         moved += int((layer.lora_A != a).sum() + (layer.lora_B != b).sum())
     assert moved > 0  # the second task did train free entries
+
+
+def tied_llama_with_an_ended_task():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = get_moses_model(LlamaForCausalLM(config).eval(), MoSEsConfig(rank=2))
+    model.add_task("t1")
+    train_steps(model, steps=3)
+    model.end_task()
+    model.add_task("t2")  # a training task: its subexpert is trainable
+    model.set_task("t1")
+    return model.eval()
+
+
+def test_frozen_weights_cast_is_bit_identical_and_restores_the_fp32_weights():
+    model = tied_llama_with_an_ended_task()
+    base = model.model
+    q_proj = base.model.layers[0].self_attn.q_proj.base_layer
+    originals = {"q": q_proj.weight, "embed": base.model.embed_tokens.weight}
+    assert base.lm_head.weight is originals["embed"]  # tied
+    batch = random_batch(seed=3, batch=2, length=8)
+    with torch.no_grad(), autocast("bf16", "cpu"):
+        expected = model(input_ids=batch["input_ids"]).logits
+        expected_tokens = model.generate(input_ids=batch["input_ids"], max_new_tokens=5, do_sample=False)
+        with frozen_weights_cast(model, "bf16") as swapped:
+            assert swapped == 2 * 7 + 1  # q/k/v/o/gate/up/down of both layers and the LM head; no biases
+            assert q_proj.weight.dtype == torch.bfloat16 and base.lm_head.weight.dtype == torch.bfloat16
+            assert base.model.embed_tokens.weight is originals["embed"]  # the embedding stays fp32
+            logits = model(input_ids=batch["input_ids"]).logits
+            tokens = model.generate(input_ids=batch["input_ids"], max_new_tokens=5, do_sample=False)
+    assert torch.equal(logits, expected) and torch.equal(tokens, expected_tokens)
+    assert q_proj.weight is originals["q"] and q_proj.weight.dtype == torch.float32
+    assert base.lm_head.weight is originals["embed"]  # the tie is back
+    for _, layer in model.moses_layers():  # the adapter (master weights, trainable or not) is not touched
+        assert layer.lora_A.dtype == torch.float32 and layer.lora_B.dtype == torch.float32
+
+
+def test_frozen_weights_cast_keeps_one_copy_until_the_weight_changes():
+    model = tied_llama_with_an_ended_task()
+    q_proj = model.model.model.layers[0].self_attn.q_proj.base_layer
+    original = q_proj.weight
+    with frozen_weights_cast(model, "fp32") as swapped:  # fp32: nothing to do
+        assert swapped == 0 and q_proj.weight is original
+    with frozen_weights_cast(model, "bf16"):
+        first = q_proj.weight.data_ptr()
+    with frozen_weights_cast(model, "bf16"):
+        assert q_proj.weight.data_ptr() == first  # the cast is made once
+    with torch.no_grad():
+        original.mul_(2)
+    with frozen_weights_cast(model, "bf16"):
+        assert q_proj.weight.data_ptr() != first  # a changed weight is cast again
+        assert torch.equal(q_proj.weight, original.detach().to(torch.bfloat16))

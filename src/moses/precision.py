@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from moses.errors import ConfigError
 
@@ -67,3 +70,43 @@ def autocast(precision: str, device_type: str) -> contextlib.AbstractContextMana
 def accelerate_mixed_precision(precision: str) -> str:
     """accelerate's name for it."""
     return "bf16" if precision == "bf16" else "no"
+
+
+# bf16 copies of frozen weights, kept while the weight lives and is unchanged (its version counter)
+_CASTS = WeakIdKeyDictionary()  # weight -> (its version, its bf16 copy), keyed by identity
+
+
+def _bf16_copy(weight: torch.Tensor) -> torch.Tensor:
+    cached = _CASTS.get(weight)
+    if cached is None or cached[0] != weight._version:
+        cached = (weight._version, weight.detach().to(torch.bfloat16))
+        _CASTS[weight] = cached
+    return cached[1]
+
+
+@contextlib.contextmanager
+def frozen_weights_cast(model: nn.Module, precision: str) -> Iterator[int]:
+    """Under bf16, every frozen nn.Linear of `model` computes with a bf16 copy of its weight (and bias) for
+    the duration; yields how many were swapped. Why: autocast keeps the bf16 cast of a weight only for
+    leaves that require grad, so a frozen base model's projections (and a tied LM head) were cast again at
+    every decoding step (benchmarks/precast.py). The copy is the cast autocast makes, so outputs are
+    bit-identical; it is made once per weight (kept until the weight changes), and the original fp32
+    parameters, ties included, are back on exit. Trainable weights are left to autocast."""
+    if precision != "bf16":
+        yield 0
+        return
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    try:
+        for module in model.modules():
+            if not isinstance(module, nn.Linear):
+                continue
+            for name in ("weight", "bias"):
+                original = getattr(module, name)
+                if original is None or original.requires_grad or original.dtype != torch.float32:
+                    continue
+                setattr(module, name, nn.Parameter(_bf16_copy(original), requires_grad=False))
+                swapped.append((module, name, original))
+        yield len(swapped)
+    finally:
+        for module, name, original in reversed(swapped):
+            setattr(module, name, original)

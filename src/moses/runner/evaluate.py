@@ -12,7 +12,7 @@ from moses.data.collate import generation_batches
 from moses.data.stream import Task
 from moses.data.trace import sari_source
 from moses.metrics import text
-from moses.precision import autocast
+from moses.precision import autocast, frozen_weights_cast
 
 
 @torch.no_grad()
@@ -29,13 +29,14 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     device = next(model.parameters()).device
     answers: list[str] = []
     batches = generation_batches(tokenizer, mine, batch_size, max_prompt_tokens, device)
-    for batch in tqdm(batches, total=-(-len(mine) // batch_size), desc=description, leave=False,
-                      disable=not state.is_local_main_process):
-        with autocast(precision, device.type):
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                 pad_token_id=tokenizer.pad_token_id)
-        answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        faults.reached("eval-batch")
+    with frozen_weights_cast(model, precision):
+        for batch in tqdm(batches, total=-(-len(mine) // batch_size), desc=description, leave=False,
+                          disable=not state.is_local_main_process):
+            with autocast(precision, device.type):
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                     pad_token_id=tokenizer.pad_token_id)
+            answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            faults.reached("eval-batch")
     if state.num_processes == 1:
         return answers
     indexed = gather_object([(state.process_index + i * state.num_processes, a) for i, a in enumerate(answers)])

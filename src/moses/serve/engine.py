@@ -13,7 +13,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from moses.data.collate import generation_batch
 from moses.errors import TaskError
-from moses.precision import autocast, resolve_precision
+from moses.precision import autocast, frozen_weights_cast, resolve_precision
 from moses.serve.prefill import bucketed_prefill, cache_argument, should_bucket
 from moses.serve.ragged import RAGGED_SDPA
 
@@ -183,7 +183,7 @@ class Engine:
         # No auto-compilation (which transformers starts on a GPU with a static cache): a batch's shapes change.
         static = self.static_cache and len(requests) > 1
         cache_options = {"cache_implementation": "static"} if static else {}
-        with autocast(self.precision, self.device.type):
+        with autocast(self.precision, self.device.type), frozen_weights_cast(self.model, self.precision):
             if self.bucket_prefill and should_bucket(batch["attention_mask"]):
                 cache = bucketed_prefill(self.model, batch["input_ids"], batch["attention_mask"], task_ids,
                                          max_new_tokens if static else None)
