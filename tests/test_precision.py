@@ -144,3 +144,29 @@ def test_frozen_weights_cast_keeps_one_copy_until_the_weight_changes():
     with frozen_weights_cast(model, "bf16"):
         assert q_proj.weight.data_ptr() != first  # a changed weight is cast again
         assert torch.equal(q_proj.weight, original.detach().to(torch.bfloat16))
+
+
+def test_training_with_frozen_weights_cast_is_bit_identical():
+    """The runner trains inside `frozen_weights_cast` under bf16: same gradients, so the same adapter."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    trained = []
+    for precast in (False, True):
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        model = get_moses_model(LlamaForCausalLM(config), MoSEsConfig(rank=2))
+        model.add_task("t1")
+        model.train()
+        optimizer = torch.optim.AdamW(model.optimizer_param_groups(5e-2))
+        batch = random_batch(7)
+        for _ in range(3):
+            with frozen_weights_cast(model, "bf16" if precast else "fp32"), autocast("bf16", "cpu"):
+                loss = model(**batch).loss
+                optimizer.zero_grad()
+                loss.backward()
+            optimizer.step()
+        trained.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert trained[0].keys() == trained[1].keys() and trained[0]
+    for name, value in trained[0].items():
+        assert torch.equal(value, trained[1][name]), name

@@ -16,6 +16,7 @@ from moses.data.collate import training_batch
 from moses.data.loss import answer_loss
 from moses.data.stream import Example
 from moses.errors import TrainingError
+from moses.precision import frozen_weights_cast
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -35,6 +36,7 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
     optimizer = torch.optim.AdamW(method.param_groups(method.lr or config.lr))
     trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
     trained, optimizer = accelerator.prepare(model, optimizer)
+    precision = "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
     order = random.Random(seed)
     micro_batches = -(-len(examples) // config.batch_size)
     steps = config.epochs * -(-micro_batches // config.grad_accum)
@@ -55,11 +57,12 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
                                        config.max_answer_tokens)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.accumulate(trained):
-                    loss, outputs = answer_loss(trained, batch)
-                    extra = method.extra_loss(batch, outputs)
-                    if extra is not None:
-                        loss = loss + extra
-                    accelerator.backward(loss if shard else loss * 0)
+                    with frozen_weights_cast(trained, precision):  # the frozen base's bf16 casts, made once
+                        loss, outputs = answer_loss(trained, batch)
+                        extra = method.extra_loss(batch, outputs)
+                        if extra is not None:
+                            loss = loss + extra
+                        accelerator.backward(loss if shard else loss * 0)
                     weighted = torch.stack([loss.detach() * len(shard), loss.new_tensor(float(len(shard)))])
                     loss_sum, count = accelerator.reduce(weighted, reduction="sum").tolist()
                     losses.append(loss_sum / count)  # the batch's loss over every process's examples
