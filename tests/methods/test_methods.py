@@ -29,6 +29,14 @@ def test_every_method_runs_and_resumes_from_its_checkpoint(name, tiny_model_dir,
     assert resumed["R"] == results["R"]
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_two_tasks_under_bf16(name, tiny_model_dir, tmp_path):
+    """Under bf16 the runner's forwards use bf16 copies of the frozen weights (`frozen_weights_cast`); a
+    method's own losses and task set-up (O-LoRA's orthogonality, EWC, InfLoRA's subspace) still see fp32."""
+    results = run(tiny_config(tiny_model_dir, tmp_path / name, method=name, epochs=1, precision="bf16"), **QUIET)
+    assert results["completed"] == 2 and results["precision"] == "bf16"
+
+
 def test_seq_lora_is_peft_lora(tiny_model_dir):
     """The baseline's adapter is peft's LoRA with the configured rank and scaling, numerically."""
     from peft import LoraConfig, get_peft_model

@@ -57,12 +57,13 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
                                        config.max_answer_tokens)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.accumulate(trained):
+                    # the forward only (autocast): a method's extra loss may read frozen weights in fp32
                     with frozen_weights_cast(trained, precision):  # the frozen base's bf16 casts, made once
                         loss, outputs = answer_loss(trained, batch)
-                        extra = method.extra_loss(batch, outputs)
-                        if extra is not None:
-                            loss = loss + extra
-                        accelerator.backward(loss if shard else loss * 0)
+                    extra = method.extra_loss(batch, outputs)
+                    if extra is not None:
+                        loss = loss + extra
+                    accelerator.backward(loss if shard else loss * 0)
                     weighted = torch.stack([loss.detach() * len(shard), loss.new_tensor(float(len(shard)))])
                     loss_sum, count = accelerator.reduce(weighted, reduction="sum").tolist()
                     losses.append(loss_sum / count)  # the batch's loss over every process's examples
