@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from common import write_results
 
-from moses.metrics.bootstrap import detectable_difference, paired_difference_samples, percentile_interval
+from moses.metrics.bootstrap import paired_difference_summary
 from moses.report.compare import final_scores
 from moses.runner.run import read_results
 
@@ -26,13 +26,14 @@ RUNS = Path(__file__).resolve().parent / "results" / "trace_cpu_v2"
 CONTINUAL = ("replay", "o-lora", "seq-lora", "inflora", "ewc", "moe-lora")
 
 
+def op(scores) -> float:
+    return float(np.mean([np.mean(task) for task in scores]))
+
+
 def paired(scores, reference, resamples: int = 1000, seed: int = 0) -> dict:
-    samples = paired_difference_samples(scores, reference, resamples, seed)
-    low, high = percentile_interval(samples)
-    se = float(samples.std(ddof=1))
-    return {"OP": float(np.mean([np.mean(t) for t in scores])), "minus_reference": float(samples.mean()),
-            "ci": [low, high], "se": se, "detectable": detectable_difference(se),
-            "share_above": float((samples > 0).mean())}
+    """OP and OP minus the reference's, with the paired interval and SE exactly as `moses compare` reports."""
+    return {"OP": op(scores), "minus_reference": op(scores) - op(reference),
+            **paired_difference_summary(scores, reference, resamples, seed)}
 
 
 def oracle(runs: dict[str, list], tasks: list[str]) -> tuple[list, list[str]]:

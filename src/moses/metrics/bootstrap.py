@@ -68,3 +68,14 @@ def detectable_difference(standard_error: float, level: float = 0.95, power: flo
     95% and 80%): what a test set of this size can tell apart at all."""
     normal = NormalDist()
     return (normal.inv_cdf((1 + level) / 2) + normal.inv_cdf(power)) * standard_error
+
+
+def paired_difference_summary(scores: TaskScores, reference: TaskScores, resamples: int = 1000, seed: int = 0,
+                              level: float = 0.95) -> dict[str, float | list[float]]:
+    """OP(scores) - OP(reference) as `moses compare` reports it, from one set of paired resamples: its
+    percentile interval ("ci"), standard error ("se"), the smallest difference those test sets detect
+    ("detectable", 80% power) and the share of resamples above 0 ("share_above")."""
+    samples = paired_difference_samples(scores, reference, resamples, seed)
+    se = float(samples.std())
+    return {"ci": list(percentile_interval(samples, level)), "se": se,
+            "detectable": detectable_difference(se, level), "share_above": float((samples > 0).mean())}

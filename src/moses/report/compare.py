@@ -11,13 +11,7 @@ from typing import Any
 from moses.errors import CheckpointError, ConfigError
 from moses.io import atomic_write_text
 from moses.methods import METHODS
-from moses.metrics.bootstrap import (
-    TaskScores,
-    detectable_difference,
-    op_interval,
-    paired_difference_samples,
-    percentile_interval,
-)
+from moses.metrics.bootstrap import TaskScores, op_interval, paired_difference_summary
 from moses.report.plots import comparison_figure
 from moses.runner.config import RunConfig
 from moses.runner.lock import directory_lock
@@ -113,10 +107,10 @@ def add_intervals(rows: list[dict[str, Any]], scores: dict[str, TaskScores | Non
                                      if paired else None)
         row["OP_minus_reference_ci"] = row["OP_minus_reference_se"] = row["detectable_difference"] = None
         if paired:
-            samples = paired_difference_samples(mine, base, RESAMPLES, SEED)
-            row["OP_minus_reference_ci"] = list(percentile_interval(samples))
-            row["OP_minus_reference_se"] = float(samples.std())
-            row["detectable_difference"] = detectable_difference(row["OP_minus_reference_se"])
+            summary = paired_difference_summary(mine, base, RESAMPLES, SEED)
+            row["OP_minus_reference_ci"] = summary["ci"]
+            row["OP_minus_reference_se"] = summary["se"]
+            row["detectable_difference"] = summary["detectable"]
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
