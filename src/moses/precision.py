@@ -73,13 +73,13 @@ def accelerate_mixed_precision(precision: str) -> str:
 
 
 # bf16 copies of frozen weights, kept while the weight lives and is unchanged (its version counter)
-_CASTS = WeakIdKeyDictionary()  # weight -> (its version, its bf16 copy), keyed by identity
+_CASTS = WeakIdKeyDictionary()  # weight -> (its version, its bf16 copy as a frozen parameter), by identity
 
 
-def _bf16_copy(weight: torch.Tensor) -> torch.Tensor:
+def _bf16_copy(weight: torch.Tensor) -> nn.Parameter:
     cached = _CASTS.get(weight)
     if cached is None or cached[0] != weight._version:
-        cached = (weight._version, weight.detach().to(torch.bfloat16))
+        cached = (weight._version, nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False))
         _CASTS[weight] = cached
     return cached[1]
 
@@ -104,7 +104,7 @@ def frozen_weights_cast(model: nn.Module, precision: str) -> Iterator[int]:
                 original = getattr(module, name)
                 if original is None or original.requires_grad or original.dtype != torch.float32:
                     continue
-                setattr(module, name, nn.Parameter(_bf16_copy(original), requires_grad=False))
+                setattr(module, name, _bf16_copy(original))
                 swapped.append((module, name, original))
         yield len(swapped)
     finally:

@@ -36,7 +36,6 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
     optimizer = torch.optim.AdamW(method.param_groups(method.lr or config.lr))
     trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
     trained, optimizer = accelerator.prepare(model, optimizer)
-    precision = "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
     order = random.Random(seed)
     micro_batches = -(-len(examples) // config.batch_size)
     steps = config.epochs * -(-micro_batches // config.grad_accum)
@@ -58,7 +57,7 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.accumulate(trained):
                     # the forward only (autocast): a method's extra loss may read frozen weights in fp32
-                    with frozen_weights_cast(trained, precision):  # the frozen base's bf16 casts, made once
+                    with frozen_weights_cast(trained, method.precision):  # the frozen base's bf16 casts, made once
                         loss, outputs = answer_loss(trained, batch)
                     extra = method.extra_loss(batch, outputs)
                     if extra is not None:
