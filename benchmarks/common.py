@@ -91,6 +91,20 @@ MOSES_OPTIONS = {"moses": {},  # the package defaults: reading R2, one rank-2 su
                  "moses-r1": {"ownership": "entries", "router_input": "hidden", "rank": 4}}  # the defaults before 0.2.0
 
 
+def random_lora(base):
+    """peft LoRA r=8 (alpha 16) on q/k/v/o with B drawn from N(0, 0.01), so it changes the outputs as a
+    trained one does: the LoRA the inference benchmarks time."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    return model
+
+
 def training_adapter(name: str, base, lr: float, tasks_before: int = 0):
     """(model, optimizer param groups) for timing a training step: "lora-r<rank>" (peft LoRA, alpha 2 * rank,
     on q/k/v/o) or a MOSES_OPTIONS entry, trained as its task `tasks_before + 1` (earlier ones ended first)."""

@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from common import write_results
+from common import random_lora, write_results
 from tqdm import tqdm
 
 from moses import MoSEsConfig, get_moses_model
@@ -26,14 +26,7 @@ BATCH, PREFILL, PROMPT, NEW = 8, 256, 64, 32
 
 
 def lora(base, merged: bool):
-    from peft import LoraConfig, get_peft_model
-
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
+    model = random_lora(base)
     return model.merge_and_unload() if merged else model
 
 

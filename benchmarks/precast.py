@@ -16,24 +16,13 @@ import statistics
 import time
 
 import torch
-from common import LORA_TARGETS, write_results
+from common import random_lora, write_results
 
 from moses import MoSEsConfig, get_moses_model
 from moses.models import load_model
 from moses.precision import autocast, frozen_weights_cast
 
 SHAPES = "1x64x32,8x64x32,16x64x16,8x256x1"
-
-
-def lora_model(base):
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
-    return model
 
 
 def moses_model(base):
@@ -65,7 +54,7 @@ def main() -> None:
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     torch.manual_seed(0)
     models = {}
-    for name, build in (("lora-r8 unmerged", lora_model), ("moses TIL", moses_model)):
+    for name, build in (("lora-r8 unmerged", random_lora), ("moses TIL", moses_model)):
         base, _ = load_model("smollm2-135m")
         models[name] = build(base).eval()
     inputs = {shape: torch.randint(0, 49152, shape[:2], generator=torch.Generator().manual_seed(1))

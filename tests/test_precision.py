@@ -91,13 +91,18 @@ def test_bf16_training_keeps_fp32_masters_and_the_invariants():
     assert moved > 0  # the second task did train free entries
 
 
-def tied_llama_with_an_ended_task():
+def tied_llama():
+    """A tiny MoSEs Llama whose LM head is tied to its embedding (as SmolLM2's), seeded."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    model = get_moses_model(LlamaForCausalLM(config).eval(), MoSEsConfig(rank=2))
+    return get_moses_model(LlamaForCausalLM(config).eval(), MoSEsConfig(rank=2))
+
+
+def tied_llama_with_an_ended_task():
+    model = tied_llama()
     model.add_task("t1")
     train_steps(model, steps=3)
     model.end_task()
@@ -148,14 +153,9 @@ def test_frozen_weights_cast_keeps_one_copy_until_the_weight_changes():
 
 def test_training_with_frozen_weights_cast_is_bit_identical():
     """The runner trains inside `frozen_weights_cast` under bf16: same gradients, so the same adapter."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     trained = []
     for precast in (False, True):
-        torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-        model = get_moses_model(LlamaForCausalLM(config), MoSEsConfig(rank=2))
+        model = tied_llama()
         model.add_task("t1")
         model.train()
         optimizer = torch.optim.AdamW(model.optimizer_param_groups(5e-2))
