@@ -135,7 +135,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     config = _run_config(args, output="runs/compare")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = compare(config, methods, resume=not args.fresh, reference=args.reference)
+    rows = compare(config, methods, resume=not args.fresh, reference=args.reference, jobs=args.jobs)
     print(comparison_markdown(rows))
     print(f"written to {config.output}/compare.md, compare.json and compare.png")
     return 0
@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--reference", default="moses",
                          help="method or variant whose OP the others are compared with (paired bootstrap "
                               "interval); default moses, or the first one listed when moses is not")
+    compare.add_argument("--jobs", type=int, default=1,
+                         help="methods run at a time, each in its own process with its share of the CPU threads "
+                              "(default 1; the runs' seconds then include their contention)")
     _add_run_flags(compare, skip=("method",), resume=False)
     compare.set_defaults(func=_compare)
 

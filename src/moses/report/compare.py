@@ -1,10 +1,15 @@
-"""`moses compare`: several methods (or named variants) on one stream, one after another, each in its own
-resumable run; one table with OP's bootstrap interval and the paired interval against a reference method."""
+"""`moses compare`: several methods (or named variants) on one stream, one after another or `jobs` at a time,
+each in its own resumable run; one table with OP's bootstrap interval and the paired interval against a
+reference method."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import statistics
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,36 +174,100 @@ def power_summary(rows: list[dict[str, Any]]) -> str:
 
 
 def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=print,
-            reference: str = "moses") -> list[dict[str, Any]]:
+            reference: str = "moses", jobs: int = 1) -> list[dict[str, Any]]:
     """Run each method or variant into <output>/<name> (a finished run is reused, an interrupted one resumed)
     and write compare.md, compare.json and compare.png into <output>. Each method runs with its entry in
     `options_by_method`; `method_options` apply to the config's own method only; a variant (config
-    `variants`) runs its method with its own options. The zero-shot row is evaluated once and shared."""
+    `variants`) runs its method with its own options. The zero-shot row is evaluated once and shared.
+    `jobs` > 1 runs that many at a time in worker processes, each with its share of the torch threads."""
     unknown = [m for m in methods if m not in METHODS and m not in config.variants]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)}"
                           f"{'; variants: ' + ', '.join(config.variants) if config.variants else ''})")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: must be a whole number of at least 1")
+    if jobs > 1:
+        from accelerate import PartialState
+
+        if PartialState().num_processes > 1:
+            raise ConfigError("--jobs runs methods side by side on one machine; under `accelerate launch` every "
+                              "run already uses all processes: drop --jobs or the launcher")
     output = Path(config.output)
     check_output(output)
     with directory_lock(output):
-        return _compare_locked(config, methods, resume, echo, reference, output)
+        return _compare_locked(config, methods, resume, echo, reference, output, jobs)
+
+
+def _finished(results: dict[str, Any] | None) -> bool:
+    return bool(results) and results.get("completed") == len(results.get("tasks", []))
+
+
+def _run_in_worker(config: RunConfig, resume: bool, zero_shot_from: Path | None, label: str, threads: int) -> None:
+    """One method of a parallel comparison, in its own process (spawned: no state shared with the parent)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    run(config, resume=resume, echo=partial(print, flush=True), zero_shot_from=zero_shot_from, label=label)
+
+
+def _run_side_by_side(pending: list[tuple[str, RunConfig, bool]], zero_shot_from: Path | None, jobs: int,
+                      echo) -> None:
+    """`jobs` runs at a time, each with an equal share of this process's torch threads. The first failure cancels
+    the runs not yet started and is raised once the running ones have finished; every run is resumable."""
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    echo(f"running {len(pending)} method(s) {jobs} at a time, {threads} torch thread(s) each")
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(_run_in_worker, cfg, resume, zero_shot_from, method, threads)
+                   for method, cfg, resume in pending]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise failed[0].exception()
 
 
 def _compare_locked(config: RunConfig, methods: list[str], resume: bool, echo, reference: str,
-                    output: Path) -> list[dict[str, Any]]:
-    rows, scores, zero_shot_from = [], {}, None
+                    output: Path, jobs: int = 1) -> list[dict[str, Any]]:
+    began = time.perf_counter()
+    configs = {method: config.for_method(method, str(output / method)) for method in methods}
+    zero_shot_from, pending = None, []
     for method in methods:
-        method_config = config.for_method(method, str(output / method))
-        run_dir = Path(method_config.output)
+        run_dir = Path(configs[method].output)
         existing = read_results(run_dir)
-        if existing and existing.get("completed") == len(existing.get("tasks", [])) and resume:
-            echo(f"[{method}] finished earlier: reusing {method_config.output}")
-            results = existing
+        if _finished(existing) and resume:
+            echo(f"[{method}] finished earlier: reusing {run_dir}")
+            if existing.get("zero_shot") is not None and zero_shot_from is None:
+                zero_shot_from = run_dir
         else:
-            results = run(method_config, resume=resume and existing is not None, echo=echo,
-                          zero_shot_from=zero_shot_from, label=method)
-        if results.get("zero_shot") is not None and zero_shot_from is None:
-            zero_shot_from = run_dir
+            pending.append((method, configs[method], resume and existing is not None))
+    if jobs > 1 and len(pending) > 1:
+        if zero_shot_from is None and config.zero_shot:  # the first run evaluates the row the others share
+            method, first, resumed = pending.pop(0)
+            results = run(first, resume=resumed, echo=echo, label=method)
+            zero_shot_from = Path(first.output) if results.get("zero_shot") is not None else None
+        _run_side_by_side(pending, zero_shot_from, jobs, echo)
+    else:
+        for method, method_config, resumed in pending:
+            results = run(method_config, resume=resumed, echo=echo, zero_shot_from=zero_shot_from, label=method)
+            if results.get("zero_shot") is not None and zero_shot_from is None:
+                zero_shot_from = Path(method_config.output)
+    if pending:
+        echo(f"{len(pending)} run(s) in {time.perf_counter() - began:,.0f} s of wall time"
+             + (f", {jobs} at a time" if jobs > 1 else ""))
+    rows, scores = [], {}
+    for method in methods:
+        run_dir = Path(configs[method].output)
+        results = read_results(run_dir)
         rows.append(comparison_row(method, results, run_lr(run_dir, results)))
         scores[method] = final_scores(run_dir)
     add_intervals(rows, scores, reference if reference in methods else methods[0])
