@@ -79,35 +79,38 @@ def test_a_row_of_a_method_that_is_not_continual_has_no_bwt_even_from_an_older_r
 
 
 def test_compare_jobs_runs_methods_side_by_side_with_the_results_of_one_at_a_time(tiny_model_dir, tmp_path,
-                                                                                   capsys):
+                                                                                   capfd):
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers get 1 thread each too, so both ways compute the same numbers
     try:
-        common = ["compare", "--methods", "lora-per-task,seq-lora,moses", "--model", tiny_model_dir, "--n-train",
-                  "8", "--n-test", "8", "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--precision",
-                  "fp32"]
+        common = ["compare", "--methods", "lora-per-task,seq-lora,zero-shot,moses", "--model", tiny_model_dir,
+                  "--n-train", "8", "--n-test", "8", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+                  "--precision", "fp32"]
         assert main([*common, "--output", str(tmp_path / "one")]) == 0
-        capsys.readouterr()
+        capfd.readouterr()
         assert main([*common, "--output", str(tmp_path / "two"), "--jobs", "2"]) == 0
-        out = capsys.readouterr().out
+        out = capfd.readouterr().out
     finally:
         torch.set_num_threads(threads)
-    assert "running 2 method(s) 2 at a time, 1 torch thread(s) each" in out and "2 at a time" in out
+    # zero-shot goes first, alone (it only evaluates the row the others share), then 2 at a time (capfd: the
+    # workers print to the file descriptor, not to sys.stdout)
+    assert "running 3 method(s) 2 at a time, 1 torch thread(s) each" in out
+    assert out.count("zero-shot row reused") == 3
     one = json.loads((tmp_path / "one" / "compare.json").read_text())
     two = json.loads((tmp_path / "two" / "compare.json").read_text())
-    assert [r["method"] for r in two] == ["lora-per-task", "seq-lora", "moses"]
+    assert [r["method"] for r in two] == ["lora-per-task", "seq-lora", "zero-shot", "moses"]
     for a, b in zip(one, two, strict=True):
         assert a["final_scores"] == b["final_scores"] and a["OP"] == b["OP"] and a["OP_ci"] == b["OP_ci"]
-    results = [json.loads((tmp_path / "two" / m / "results.json").read_text()) for m in ("seq-lora", "moses")]
-    first = json.loads((tmp_path / "two" / "lora-per-task" / "results.json").read_text())
-    assert all(r["zero_shot"] == first["zero_shot"] for r in results)  # evaluated once, by the first run
-    assert all((tmp_path / "two" / m / "predictions" / "zero-shot-alive.jsonl").is_file()
-               for m in ("seq-lora", "moses"))
-    capsys.readouterr()
+    trained = ("lora-per-task", "seq-lora", "moses")
+    results = [json.loads((tmp_path / "two" / m / "results.json").read_text()) for m in trained]
+    first = json.loads((tmp_path / "two" / "zero-shot" / "results.json").read_text())
+    assert all(r["zero_shot"] == first["zero_shot"] for r in results)  # evaluated once, by the zero-shot run
+    assert all((tmp_path / "two" / m / "predictions" / "zero-shot-alive.jsonl").is_file() for m in trained)
+    capfd.readouterr()
     assert main([*common, "--output", str(tmp_path / "two"), "--jobs", "2"]) == 0  # finished runs are reused
-    assert capsys.readouterr().out.count("finished earlier") == 3
+    assert capfd.readouterr().out.count("finished earlier") == 4
 
 
 def test_compare_jobs_must_be_at_least_one(tiny_model_dir, tmp_path, capsys):

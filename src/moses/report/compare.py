@@ -251,8 +251,10 @@ def _compare_locked(config: RunConfig, methods: list[str], resume: bool, echo, r
         else:
             pending.append((method, configs[method], resume and existing is not None))
     if jobs > 1 and len(pending) > 1:
-        if zero_shot_from is None and config.zero_shot:  # the first run evaluates the row the others share
-            method, first, resumed = pending.pop(0)
+        if zero_shot_from is None and config.zero_shot:  # one run evaluates the row the others share, alone
+            # first: the zero-shot method when listed (it only evaluates), else the first listed
+            first_index = next((i for i, p in enumerate(pending) if p[1].method == "zero-shot"), 0)
+            method, first, resumed = pending.pop(first_index)
             results = run(first, resume=resumed, echo=echo, label=method)
             zero_shot_from = Path(first.output) if results.get("zero_shot") is not None else None
         _run_side_by_side(pending, zero_shot_from, jobs, echo)
