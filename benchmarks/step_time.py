@@ -30,7 +30,8 @@ TASKS_BEFORE = 2
 
 
 def _timed_steps(name: str, precision: str):
-    """(model, a function that runs one training step on a batch and returns its seconds)."""
+    """(the vocabulary size, a function that runs one training step on a batch and returns its seconds, the
+    number of trained parameters) for adapter `name` on a fresh SmolLM2."""
     import torch
 
     from moses.data.loss import answer_loss
