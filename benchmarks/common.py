@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from moses.io import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -71,8 +73,8 @@ class PeakRSS:
 
 def write_results(name: str, payload: dict, table_rows: list[dict], columns: list[str], notes: str = "") -> None:
     """benchmarks/results/<name>.json and <name>.md (a short table)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / name).parent.mkdir(parents=True, exist_ok=True)  # a name may hold a folder: seeds/pooled
+    atomic_write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n")
 
     def cell(value) -> str:
         if isinstance(value, float):
@@ -81,7 +83,7 @@ def write_results(name: str, payload: dict, table_rows: list[dict], columns: lis
 
     lines = [f"# {name}", "", notes, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in table_rows]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

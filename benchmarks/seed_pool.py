@@ -52,11 +52,14 @@ def main() -> None:
     parser.add_argument("--candidate", type=side, required=True)
     parser.add_argument("--reference", type=side, required=True)
     parser.add_argument("--seeds", default=None, help="labels of the runs in order (default 0, 1, ...)")
-    parser.add_argument("--out", default="seed_pool")
+    parser.add_argument("--out", default="seed_pool",
+                        help="a name under benchmarks/results/, e.g. seeds/trace_cpu_v2_pooled (no .md/.json)")
     args = parser.parse_args()
     (name, runs), (ref_name, ref_runs) = args.candidate, args.reference
     if len(runs) != len(ref_runs):
         parser.error(f"{len(runs)} {name} run(s) against {len(ref_runs)} {ref_name} run(s)")
+    if Path(args.out).is_absolute() or args.out.startswith(("benchmarks/", "..")):
+        parser.error(f"--out {args.out}: a name under benchmarks/results/, such as seeds/trace_cpu_v2_pooled")
     seeds = args.seeds.split(",") if args.seeds else [str(i) for i in range(len(runs))]
     mine, theirs = [load(r, parser) for r in runs], [load(r, parser) for r in ref_runs]
     tasks = read_results(runs[0])["tasks"]
