@@ -11,8 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-from moses.io import atomic_write_text
-
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -72,7 +70,9 @@ class PeakRSS:
 
 
 def write_results(name: str, payload: dict, table_rows: list[dict], columns: list[str], notes: str = "") -> None:
-    """benchmarks/results/<name>.json and <name>.md (a short table)."""
+    """benchmarks/results/<name>.json and <name>.md (a short table), each written atomically."""
+    from moses.io import atomic_write_text  # after the sys.path insert above (a checkout without an install)
+
     (RESULTS / name).parent.mkdir(parents=True, exist_ok=True)  # a name may hold a folder: seeds/pooled
     atomic_write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n")
 

@@ -52,6 +52,9 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=16)
     parser.add_argument("--out", default="compare_jobs")
     args = parser.parse_args()
+    for flag in ("rounds", "n_train", "n_test"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     unknown = set(args.slices.split(",")) - set(SLICES)
     if unknown:
         parser.error(f"unknown slice(s) {', '.join(sorted(unknown))}; known: {', '.join(SLICES)}")

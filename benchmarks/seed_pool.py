@@ -61,8 +61,13 @@ def main() -> None:
     if Path(args.out).is_absolute() or args.out.startswith(("benchmarks/", "..")):
         parser.error(f"--out {args.out}: a name under benchmarks/results/, such as seeds/trace_cpu_v2_pooled")
     seeds = args.seeds.split(",") if args.seeds else [str(i) for i in range(len(runs))]
+    if len(seeds) != len(runs):
+        parser.error(f"--seeds names {len(seeds)} seed(s) for {len(runs)} run(s) a side")
     mine, theirs = [load(r, parser) for r in runs], [load(r, parser) for r in ref_runs]
     tasks = read_results(runs[0])["tasks"]
+    for run in [*runs, *ref_runs]:
+        if read_results(run)["tasks"] != tasks:
+            parser.error(f"{run}: its tasks differ from {runs[0]}'s ({', '.join(tasks)})")
     rows, payload = [], {"candidate": name, "reference": ref_name, "tasks": tasks, "rows": []}
     pairs = [(f"seed {s}", [m], [r]) for s, m, r in zip(seeds, mine, theirs, strict=True)]
     pairs.append((f"pooled over seeds {', '.join(seeds)}", mine, theirs))
