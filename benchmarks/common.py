@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -67,6 +68,15 @@ class PeakRSS:
     def current() -> int:
         with open(f"/proc/{os.getpid()}/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def results_name(text: str) -> str:
+    """An argparse type for `--out`: a name under benchmarks/results/ (it may hold a folder, seeds/pooled),
+    not a path from elsewhere, which write_results would nest inside results/."""
+    path = Path(text)
+    if path.is_absolute() or ".." in path.parts or text.startswith("benchmarks/"):
+        raise argparse.ArgumentTypeError(f"{text}: a name under benchmarks/results/, such as seeds/pooled")
+    return text
 
 
 def write_results(name: str, payload: dict, table_rows: list[dict], columns: list[str], notes: str = "") -> None:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write_results
+from common import results_name, write_results
 
 CONFIG = Path(__file__).resolve().parent / "trace_cpu.yaml"
 SLICES = {"short": ["ScienceQA", "NumGLUE-ds"],  # multiple choice and arithmetic: short prompts and answers
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--n-train", type=int, default=32)
     parser.add_argument("--n-test", type=int, default=16)
-    parser.add_argument("--out", default="compare_jobs")
+    parser.add_argument("--out", default="compare_jobs", type=results_name)
     args = parser.parse_args()
     for flag in ("rounds", "n_train", "n_test"):
         if getattr(args, flag) < 1:

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import write_results
+from common import results_name, write_results
 
 from moses.metrics.bootstrap import paired_difference_summary
 from moses.report.compare import final_scores
@@ -31,10 +31,13 @@ def side(text: str) -> tuple[str, list[Path]]:
     return name, [Path(p) for p in runs.split(",")]
 
 
-def load(run: Path, parser: argparse.ArgumentParser) -> list[list[float]]:
+def load(run: Path, tasks: list[str], parser: argparse.ArgumentParser) -> list[list[float]]:
+    """[task][example] final scores of `run`, which must have trained `tasks` in that order."""
     scores = final_scores(run) if (run / "results.json").is_file() else None
     if scores is None:
         parser.error(f"{run}: not a finished run with per-example predictions")
+    if read_results(run)["tasks"] != tasks:
+        parser.error(f"{run}: its tasks differ from the first run's ({', '.join(tasks)})")
     return scores
 
 
@@ -52,22 +55,17 @@ def main() -> None:
     parser.add_argument("--candidate", type=side, required=True)
     parser.add_argument("--reference", type=side, required=True)
     parser.add_argument("--seeds", default=None, help="labels of the runs in order (default 0, 1, ...)")
-    parser.add_argument("--out", default="seed_pool",
+    parser.add_argument("--out", default="seed_pool", type=results_name,
                         help="a name under benchmarks/results/, e.g. seeds/trace_cpu_v2_pooled (no .md/.json)")
     args = parser.parse_args()
     (name, runs), (ref_name, ref_runs) = args.candidate, args.reference
     if len(runs) != len(ref_runs):
         parser.error(f"{len(runs)} {name} run(s) against {len(ref_runs)} {ref_name} run(s)")
-    if Path(args.out).is_absolute() or args.out.startswith(("benchmarks/", "..")):
-        parser.error(f"--out {args.out}: a name under benchmarks/results/, such as seeds/trace_cpu_v2_pooled")
     seeds = args.seeds.split(",") if args.seeds else [str(i) for i in range(len(runs))]
     if len(seeds) != len(runs):
         parser.error(f"--seeds names {len(seeds)} seed(s) for {len(runs)} run(s) a side")
-    mine, theirs = [load(r, parser) for r in runs], [load(r, parser) for r in ref_runs]
-    tasks = read_results(runs[0])["tasks"]
-    for run in [*runs, *ref_runs]:
-        if read_results(run)["tasks"] != tasks:
-            parser.error(f"{run}: its tasks differ from {runs[0]}'s ({', '.join(tasks)})")
+    tasks = (read_results(runs[0]) or {}).get("tasks", [])
+    mine, theirs = [load(r, tasks, parser) for r in runs], [load(r, tasks, parser) for r in ref_runs]
     rows, payload = [], {"candidate": name, "reference": ref_name, "tasks": tasks, "rows": []}
     pairs = [(f"seed {s}", [m], [r]) for s, m, r in zip(seeds, mine, theirs, strict=True)]
     pairs.append((f"pooled over seeds {', '.join(seeds)}", mine, theirs))

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from common import MOSES_OPTIONS, PeakRSS, training_adapter, write_results
+from common import MOSES_OPTIONS, PeakRSS, results_name, training_adapter, write_results
 
 ADAPTERS = ("lora-r8", "lora-r32", *MOSES_OPTIONS)
 SHAPES = "8x32,8x64,4x128,8x256"
@@ -105,7 +105,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--adapters", default="lora-r8,moses,moses-r1")
-    parser.add_argument("--out", default="step_time", help="results name under benchmarks/results/")
+    parser.add_argument("--out", default="step_time", type=results_name,
+                        help="results name under benchmarks/results/")
     parser.add_argument("--interleave", action="store_true",
                         help="all adapters of a precision in one process, single steps in turn (paired ratios)")
     parser.add_argument("--one", choices=ADAPTERS)
