@@ -18,6 +18,7 @@ from common import RESULTS, write_results
 
 from moses.data.trace import TRACE_METRICS, load_trace
 from moses.metrics.text import exact_match, first_char_accuracy
+from moses.runner.predictions import after_stage, read_predictions
 
 LABEL_METRICS = {"exact_match": exact_match, "first_char_accuracy": first_char_accuracy}
 
@@ -32,7 +33,8 @@ def task_modes(run_dir: Path) -> dict[str, dict]:
     config = json.loads((run_dir / "config.json").read_text())
     results = json.loads((run_dir / "results.json").read_text())
     tasks = results["tasks"]
-    last = results["completed"] - 1
+    stage = after_stage(results["completed"] - 1)
+    answers = read_predictions(run_dir, [stage]).get(stage, {})
     data_dir = Path(config["data_dir"])
     if not data_dir.is_absolute():
         data_dir = (run_dir / data_dir).resolve()
@@ -41,10 +43,9 @@ def task_modes(run_dir: Path) -> dict[str, dict]:
     out = {}
     for name in tasks:
         metric = TRACE_METRICS[name]
-        path = run_dir / "predictions" / f"after-{last:02d}-{name}.jsonl"
-        if metric not in LABEL_METRICS or not path.exists():
+        rows = answers.get(name)
+        if metric not in LABEL_METRICS or not rows:
             continue
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         predictions = [r["prediction"] for r in rows]
         references = [r["reference"] for r in rows]
         mode, count = Counter(answer_key(p, metric) for p in predictions).most_common(1)[0]

@@ -150,8 +150,8 @@ def test_untrained_rows_reuse_the_zero_shot_answers_exactly(name, tiny_model_dir
         assert reused["metrics"]["BWT"] is None and reused["metrics"]["forgetting"] is None
     else:
         assert reused["metrics"]["BWT"] == 0.0
-    for path in (tmp_path / "generated" / "predictions").iterdir():
-        assert (tmp_path / "reused" / "predictions" / path.name).read_text() == path.read_text()
+    assert (tmp_path / "reused" / "predictions.jsonl").read_text() == (
+        tmp_path / "generated" / "predictions.jsonl").read_text()
 
 
 def test_moe_lora_never_freezes(tiny_model_dir, tmp_path):

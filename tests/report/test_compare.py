@@ -5,6 +5,7 @@ import json
 import pytest
 
 from moses.cli import main
+from moses.runner.predictions import read_predictions
 
 
 def test_compare_writes_table_json_and_png(tiny_model_dir, tmp_path, capsys):
@@ -64,7 +65,8 @@ def test_compare_variants_intervals_and_one_zero_shot_row(tiny_model_dir, tmp_pa
     assert total > 0 and f"Time: 3 runs, {total:,.0f} s" in table and f"(fp32 {total:,.0f} s)" in table
     zero = json.loads((output / "seq-lora" / "results.json").read_text())["zero_shot"]
     assert zero == json.loads((output / "lora-per-task" / "results.json").read_text())["zero_shot"]
-    assert (output / "seq-lora" / "predictions" / "zero-shot-alive.jsonl").is_file()
+    assert read_predictions(output / "seq-lora", ["zero-shot"]) == read_predictions(output / "lora-per-task",
+                                                                                    ["zero-shot"])  # copied
 
 
 def test_a_row_of_a_method_that_is_not_continual_has_no_bwt_even_from_an_older_run():
@@ -107,7 +109,8 @@ def test_compare_jobs_runs_methods_side_by_side_with_the_results_of_one_at_a_tim
     results = [json.loads((tmp_path / "two" / m / "results.json").read_text()) for m in trained]
     first = json.loads((tmp_path / "two" / "zero-shot" / "results.json").read_text())
     assert all(r["zero_shot"] == first["zero_shot"] for r in results)  # evaluated once, by the zero-shot run
-    assert all((tmp_path / "two" / m / "predictions" / "zero-shot-alive.jsonl").is_file() for m in trained)
+    shared = read_predictions(tmp_path / "two" / "zero-shot", ["zero-shot"])
+    assert all(read_predictions(tmp_path / "two" / m, ["zero-shot"]) == shared for m in trained)
     capfd.readouterr()
     assert main([*common, "--output", str(tmp_path / "two"), "--jobs", "2"]) == 0  # finished runs are reused
     assert capfd.readouterr().out.count("finished earlier") == 4

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from moses.runner.predictions import read_predictions
 from moses.runner.run import run
 from runner.test_run import read_jsonl, tiny_config
 
@@ -44,8 +45,9 @@ def test_two_processes_reproduce_the_single_process_run(tiny_model_dir, tmp_path
     two_losses = [row["loss"] for row in read_jsonl(output / "train_log.jsonl")]
     one_losses = [row["loss"] for row in read_jsonl(tmp_path / "one" / "train_log.jsonl")]
     assert two_losses == pytest.approx(one_losses, rel=1e-4)
-    for name in ("zero-shot-alive", "after-01-alive", "after-01-size"):  # gathered back in prompt order
-        records = read_jsonl(output / "predictions" / f"{name}.jsonl")
-        assert len(records) == 8
-        assert records == read_jsonl(tmp_path / "one" / "predictions" / f"{name}.jsonl")
+    one, two = read_predictions(tmp_path / "one"), read_predictions(output)
+    for stage, task in (("zero-shot", "alive"), ("after-01", "alive"), ("after-01", "size")):  # in prompt order
+        assert len(two[stage][task]) == 8
+        assert two[stage][task] == one[stage][task]
+    assert (output / "predictions.jsonl").read_text() == (tmp_path / "one" / "predictions.jsonl").read_text()
     assert results["R"] == expected["R"]

@@ -16,9 +16,10 @@ from moses.faults import ENV
 SETTINGS = {"stream": "demo", "n_train": 8, "n_test": 8, "epochs": 2, "batch_size": 4, "lr": 0.05,
             "device": "cpu", "precision": "fp32", "method": "moses", "eval_batch_size": 4}
 # (point, which time it is reached): 2 steps of each task per epoch; 2 generation batches per evaluation;
-# results.json is written after the zero-shot row and after each task
+# results.json is written after the zero-shot row and after each task; predictions.jsonl after each row
+# (the 2nd time: after-00's answers, before results.json records task 0)
 KILL_POINTS = [("train-step", 6), ("eval-batch", 5), ("checkpoint", 1), ("write:results.json", 2),
-               ("between-tasks", 1), ("write:adapter_model.safetensors", 2)]
+               ("between-tasks", 1), ("write:adapter_model.safetensors", 2), ("write:predictions.jsonl", 2)]
 
 
 def moses_run(config_path: Path, output: Path, kill_at: str | None = None, resume: bool = False):
@@ -32,7 +33,7 @@ def moses_run(config_path: Path, output: Path, kill_at: str | None = None, resum
 
 def outcome(output: Path) -> dict:
     results = json.loads((output / "results.json").read_text())
-    predictions = {p.name: p.read_text() for p in sorted((output / "predictions").glob("*.jsonl"))}
+    predictions = (output / "predictions.jsonl").read_text()
     return {"R": results["R"], "zero_shot": results["zero_shot"], "capacity": results["capacity"],
             "losses": [row["loss"] for row in results["train_log"]], "predictions": predictions}
 

@@ -10,6 +10,7 @@ import torch
 from moses.errors import CheckpointError, ConfigError
 from moses.runner import run as run_module
 from moses.runner.config import RunConfig
+from moses.runner.predictions import PREDICTIONS_FILE, read_predictions
 from moses.runner.run import evaluate_run, run
 
 from conftest import run_interrupted_in_second_task, tiny_config
@@ -21,6 +22,11 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def answers(records):
+    """The records without their stage: what two evaluations of the same model agree on."""
+    return [{k: v for k, v in r.items() if k != "stage"} for r in records]
+
+
 @pytest.fixture(scope="module")
 def moses_run(tiny_model_dir, tmp_path_factory):
     config = tiny_config(tiny_model_dir, tmp_path_factory.mktemp("run") / "moses", epochs=EPOCHS)
@@ -30,8 +36,15 @@ def moses_run(tiny_model_dir, tmp_path_factory):
 def test_run_directory_layout(moses_run):
     config, results = moses_run
     output = Path(config.output)
-    assert {p.name for p in output.iterdir()} >= {"config.json", "results.json", "train_log.jsonl", "predictions",
-                                                  "checkpoints"}
+    assert {p.name for p in output.iterdir()} >= {"config.json", "results.json", "train_log.jsonl",
+                                                  "predictions.jsonl", "checkpoints"}
+    assert not (output / "predictions").exists()  # one file of answers per run, not one per stage and task
+    saved = read_predictions(output, ["zero-shot", "after-00", "after-01"])  # (moses eval may add eval-til)
+    stages = {stage: list(tasks) for stage, tasks in saved.items()}
+    assert stages == {"zero-shot": ["alive", "size"], "after-00": ["alive"], "after-01": ["alive", "size"]}
+    records = read_jsonl(output / PREDICTIONS_FILE)
+    assert [r["index"] for r in records if r["stage"] == "after-01" and r["task"] == "size"] == list(range(8))
+    assert all(list(r) == ["stage", "task", "index", "prediction", "reference", "score"] for r in records)
     assert RunConfig(**json.loads((output / "config.json").read_text())) == config
     saved = json.loads((output / "results.json").read_text())
     assert saved["completed"] == 2 and saved["tasks"] == ["alive", "size"]
@@ -48,8 +61,8 @@ def test_moses_keeps_earlier_tasks_exactly(moses_run):
     R = results["R"]
     assert R[0][0] > results["zero_shot"][0]  # the task was learned (the answer format at least)
     assert R[1][0] == R[0][0] and results["metrics"]["BWT"] == 0.0
-    predictions = Path(config.output) / "predictions"
-    assert read_jsonl(predictions / "after-00-alive.jsonl") == read_jsonl(predictions / "after-01-alive.jsonl")
+    predictions = read_predictions(config.output)
+    assert answers(predictions["after-00"]["alive"]) == answers(predictions["after-01"]["alive"])
 
 
 def test_interrupted_run_resumes_to_the_same_result(moses_run, tiny_model_dir, tmp_path, monkeypatch):
@@ -57,6 +70,9 @@ def test_interrupted_run_resumes_to_the_same_result(moses_run, tiny_model_dir, t
     config = tiny_config(tiny_model_dir, tmp_path / "resumed", epochs=EPOCHS)
     run_interrupted_in_second_task(config, monkeypatch)
     assert json.loads((tmp_path / "resumed" / "results.json").read_text())["completed"] == 1
+    with open(tmp_path / "resumed" / PREDICTIONS_FILE, "a") as handle:  # what a write cut short would leave
+        handle.write('{"stage": "after-01", "task": "alive", "index": 0, "predic')
+    assert list(read_predictions(tmp_path / "resumed")) == ["zero-shot", "after-00"]  # the torn line is ignored
     with pytest.raises(ConfigError, match="--resume"):
         run(config, echo=lambda *_: None)
     with pytest.raises(CheckpointError, match="other settings \\(epochs\\)"):
@@ -68,6 +84,10 @@ def test_interrupted_run_resumes_to_the_same_result(moses_run, tiny_model_dir, t
     resumed = run(config, resume=True, echo=lambda *_: None)
     assert resumed["R"] == uninterrupted["R"]
     assert [r["loss"] for r in resumed["train_log"]] == [r["loss"] for r in uninterrupted["train_log"]]
+    # the resumed run's answers are the uninterrupted run's, whole lines only (the torn one is gone)
+    reference = (Path(moses_run[0].output) / PREDICTIONS_FILE).read_text().splitlines(keepends=True)
+    assert (tmp_path / "resumed" / PREDICTIONS_FILE).read_text() == "".join(
+        line for line in reference if '"stage": "eval-' not in line)  # moses eval may have added its stage there
 
 
 def test_evaluate_run_til_reproduces_the_last_row(moses_run):
@@ -75,6 +95,9 @@ def test_evaluate_run_til_reproduces_the_last_row(moses_run):
     scores = evaluate_run(Path(config.output), mode="til")
     assert list(scores["scores"].values()) == results["R"][-1]
     assert (Path(config.output) / "eval-til.json").is_file()
+    saved = read_predictions(config.output, ["eval-til", "after-01"])
+    assert {task: answers(records) for task, records in saved["eval-til"].items()} == {
+        task: answers(records) for task, records in saved["after-01"].items()}
     with pytest.raises(ConfigError, match="not trained in this run"):
         evaluate_run(Path(config.output), tasks=["nope"])
 
@@ -142,8 +165,9 @@ def test_diagonal_rows_evaluate_the_new_task_then_all_at_the_end(tiny_model_dir,
     assert [[score is not None for score in row] for row in results["R"]] == [
         [True, False, False], [False, True, False], [True, True, True]]
     assert results["metrics"]["BWT"] == 0.0 and results["metrics"]["AAT"] is None
-    assert sorted(p.stem for p in (tmp_path / "run" / "predictions").glob("after-*")) == [
-        "after-00-a", "after-01-b", "after-02-a", "after-02-b", "after-02-c"]
+    saved = read_predictions(tmp_path / "run", ["after-00", "after-01", "after-02"])
+    assert {stage: list(tasks) for stage, tasks in saved.items()} == {
+        "after-00": ["a"], "after-01": ["b"], "after-02": ["a", "b", "c"]}
     with pytest.raises(ConfigError, match="eval_rows"):
         RunConfig(eval_rows="diagonal", fwt=True)
 
@@ -186,8 +210,8 @@ def test_bf16_run_uses_autocast_and_keeps_old_tasks(moses_run, tiny_model_dir, t
         expected = [r["loss"] for r in reference["train_log"] if r["task"] == task]
         assert losses[0] != expected[0] and losses == pytest.approx(expected, rel=0.1)
     assert results["R"][1][0] == results["R"][0][0] and results["metrics"]["BWT"] == 0.0
-    predictions = Path(config.output) / "predictions"
-    assert read_jsonl(predictions / "after-00-alive.jsonl") == read_jsonl(predictions / "after-01-alive.jsonl")
+    predictions = read_predictions(config.output)
+    assert answers(predictions["after-00"]["alive"]) == answers(predictions["after-01"]["alive"])
 
 
 def test_variants_run_their_method_with_their_own_options(tmp_path):

@@ -20,6 +20,7 @@ from moses.metrics.bootstrap import TaskScores, op_interval, paired_difference_s
 from moses.report.plots import comparison_figure
 from moses.runner.config import RunConfig
 from moses.runner.lock import directory_lock
+from moses.runner.predictions import after_stage, read_predictions
 from moses.runner.run import CONFIG_FILE, check_output, read_config, read_results, run
 
 COLUMNS = ("method", "lr", "OP", "OP 95% CI", "vs reference (95% CI)", "BWT", "FWT", "forgetting",
@@ -86,13 +87,11 @@ def final_scores(run_dir: Path) -> TaskScores | None:
     results = read_results(run_dir)
     if not results or results.get("completed") != len(results.get("tasks", [])):
         return None
-    last = len(results["tasks"]) - 1
+    stage = after_stage(len(results["tasks"]) - 1)
+    answers = read_predictions(run_dir, [stage]).get(stage, {})
     scores = []
     for name in results["tasks"]:
-        path = run_dir / "predictions" / f"after-{last:02d}-{name}.jsonl"
-        if not path.is_file():
-            return None
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = answers.get(name)
         if not records or any("score" not in r for r in records):
             return None
         scores.append([float(r["score"]) for r in records])

@@ -4,7 +4,8 @@ run directory that survives interruption.
     <output>/config.json              every hyperparameter
     <output>/results.json             R, zero-shot row, metrics, timings, capacity (rewritten atomically)
     <output>/train_log.jsonl          one row per optimizer step
-    <output>/predictions/after-<i>-<task>.jsonl
+    <output>/predictions.jsonl        every generated answer with its score, one record per (stage, task,
+                                      example): moses.runner.predictions
     <output>/checkpoints/<i>-<task>/  the method's state after task i, verified on load (the two newest kept)
     <output>/moses.lock               held by the process working in the directory
 """
@@ -35,6 +36,7 @@ from moses.runner.checkpoints import final_checkpoint, newest_good_checkpoint, p
 from moses.runner.config import RunConfig
 from moses.runner.evaluate import evaluate_task
 from moses.runner.lock import directory_lock
+from moses.runner.predictions import PREDICTIONS_FILE, after_stage, read_predictions, write_predictions
 from moses.runner.train import train_task
 
 CONFIG_FILE, RESULTS_FILE, LOG_FILE = "config.json", "results.json", "train_log.jsonl"
@@ -86,11 +88,6 @@ def _write_results(output: Path, results: dict[str, Any]) -> None:
     atomic_write_text(output / LOG_FILE, "".join(json.dumps(row) + "\n" for row in results["train_log"]))
 
 
-def _write_predictions(output: Path, name: str, records: list[dict]) -> None:
-    atomic_write_text(output / "predictions" / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                                                        for r in records))
-
-
 def _silent(*_: Any) -> None:
     pass
 
@@ -102,16 +99,19 @@ def _method(config: RunConfig) -> Method:
 
 
 def _shared_zero_shot(config: RunConfig, source: Path | None, output: Path) -> list[float | None] | None:
-    """The zero-shot row of the finished run `source` when it was evaluated with the same settings, its
-    prediction files copied into `output` (the base model's answers do not depend on the method)."""
+    """The zero-shot row of the finished run `source` when it was evaluated with the same settings and saved
+    its zero-shot answers, which are copied into `output` (the base model's answers do not depend on the
+    method); None otherwise (the row is then evaluated again)."""
     if source is None or not (source / CONFIG_FILE).is_file():
         return None
     other = read_config(source)
     results = read_results(source)
     if other.evaluation_key() != config.evaluation_key() or not results or results.get("zero_shot") is None:
         return None
-    for path in (source / "predictions").glob("zero-shot-*.jsonl"):
-        atomic_write_text(output / "predictions" / path.name, path.read_text())
+    answers = read_predictions(source, ["zero-shot"]).get("zero-shot", {})
+    if any(name not in answers for name in results["tasks"]):
+        return None
+    write_predictions(output, "zero-shot", [r for name in results["tasks"] for r in answers[name]])
     return results["zero_shot"]
 
 
@@ -224,19 +224,22 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
     def evaluate_row(stage: str, columns: list[int], task_given: bool, as_base: bool = False) -> list[float | None]:
         began = time.perf_counter()
         row: list[float | None] = [None] * len(tasks)
+        records: list[dict] = []
+        zero_shot = read_predictions(output, ["zero-shot"]).get("zero-shot", {}) if as_base and main else {}
         for j in columns:
             if as_base:  # the model is the base model: the zero-shot row's answers, not generated again
                 row[j] = results["zero_shot"][j]
-                if main:
-                    source = output / "predictions" / f"zero-shot-{names[j]}.jsonl"
-                    atomic_write_text(output / "predictions" / f"{stage}-{names[j]}.jsonl", source.read_text())
+                if main and names[j] not in zero_shot:
+                    raise CheckpointError(f"{output / PREDICTIONS_FILE}: no zero-shot answers of {names[j]} to copy "
+                                          f"into {stage}; start the run again in a new --output")
+                records += zero_shot.get(names[j], [])
                 continue
             with method.inference_context(names[j] if task_given else None):
-                score, records = evaluate_task(model, tokenizer, tasks[j], config.eval_batch_size,
-                                               config.max_prompt_tokens, precision)
-            row[j] = score
-            if main:
-                _write_predictions(output, f"{stage}-{names[j]}", records)
+                row[j], task_records = evaluate_task(model, tokenizer, tasks[j], config.eval_batch_size,
+                                                     config.max_prompt_tokens, precision)
+            records += task_records
+        if main:  # the stage's answers in one atomic rewrite: a crash before it leaves the stage to evaluate again
+            write_predictions(output, stage, records)
         results["eval_seconds"].append(time.perf_counter() - began)
         return row
 
@@ -272,10 +275,10 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
         columns = list(range(len(tasks))) if config.fwt else list(range(i + 1))
         if config.eval_rows == "diagonal" and i < len(tasks) - 1:
             columns = [i]
-        row = evaluate_row(f"after-{i:02d}", columns, task_given=True, as_base=still_base(i))
+        row = evaluate_row(after_stage(i), columns, task_given=True, as_base=still_base(i))
         results["R"] = results["R"][:i] + [row]
         if config.tail:
-            tail_row = evaluate_row(f"after-{i:02d}-tail", columns, task_given=False)
+            tail_row = evaluate_row(f"{after_stage(i)}-tail", columns, task_given=False)
             results["R_tail"] = results.get("R_tail", [])[:i] + [tail_row]
             confusion = task_id_confusion(method, [tasks[j] for j in columns], names[: i + 1])
             results["task_id_confusion"] = results.get("task_id_confusion", [])[:i] + [confusion]
@@ -328,7 +331,7 @@ def confusion_accuracy(confusion: dict[str, dict[str, int]]) -> float:
 
 def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None) -> dict[str, Any]:
     """Scores of a run's last checkpoint on its trained tasks, with the task id given (til) or not (tail);
-    written to <output>/eval-<mode>.json."""
+    written to <output>/eval-<mode>.json, the answers to <output>/predictions.jsonl as stage eval-<mode>."""
     config_path = output / CONFIG_FILE
     if not config_path.is_file():
         raise ConfigError(f"{output}: no {CONFIG_FILE} (not a run directory)")
@@ -360,6 +363,6 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     if confusion:
         summary["task_id_accuracy"] = confusion_accuracy(confusion)
         summary["task_id_confusion"] = confusion
+    write_predictions(output, f"eval-{mode}", records)  # first: a summary on disk has its answers beside it
     atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
-    _write_predictions(output, f"eval-{mode}", records)
     return {**summary, "path": str(path)}
