@@ -35,7 +35,7 @@ def moses(base, routing: str, merged: bool = False):
     model.add_task("bench")
     with torch.no_grad():
         for _, layer in model.moses_layers():
-            layer.lora_B.normal_(0, 0.01)
+            layer.own_B[0].normal_(0, 0.01)
     model.end_task()
     model.set_task("bench")
     return model.merge_task("bench") if merged else model

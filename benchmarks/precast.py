@@ -31,7 +31,7 @@ def moses_model(base):
         model.add_task(f"task-{k}")
         with torch.no_grad():
             for _, layer in model.moses_layers():
-                layer.lora_B[k].normal_(0, 0.01)
+                layer.own_B[k].normal_(0, 0.01)
                 if k:
                     layer.transfer_gates[k].fill_(0.2)
         model.end_task()

@@ -36,7 +36,7 @@ def lora_layer(rank: int) -> nn.Module:
 def moses_layer(n: int, k: int) -> MoSEsLayer:
     layer = MoSEsLayer(nn.Linear(D, D, bias=False),  # reading R1: the dense stacked forward over all N
                        MoSEsConfig(ownership="entries", router_input="hidden", num_subexperts=n, top_k=k, rank=RANK))
-    layer.add_router()
+    layer.add_task()
     layer.end_task(0)  # inference with a stored mask, as at test time
     layer.context.active = 0
     return layer

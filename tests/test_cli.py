@@ -173,7 +173,9 @@ def test_export_writes_a_lora_that_peft_loads_to_the_same_logits(tiny_model_dir,
     token_run = tmp_path / "token"
     assert main(["run", *common, "--output", str(token_run)]) == 0
     capsys.readouterr()
-    assert main(["export", str(token_run), "--task", "alive", "--output", str(tmp_path / "y")]) == 2
+    assert main(["export", str(token_run), "--task", "alive", "--output", str(tmp_path / "y")]) == 0  # borrows nothing
+    capsys.readouterr()
+    assert main(["export", str(token_run), "--task", "size", "--output", str(tmp_path / "y2")]) == 2
     assert_one_error_line(capsys.readouterr().err, "is token-routed (routing='token')")
     assert main(["export", str(tmp_path), "--task", "alive", "--output", str(tmp_path / "z")]) == 2
     assert_one_error_line(capsys.readouterr().err, "neither a run directory")

@@ -31,7 +31,7 @@ def test_dedicated_subexperts_keep_old_tasks_and_start_at_zero(arch, router_inpu
     with torch.no_grad():
         base_logits = base(input_ids=PROBE["input_ids"]).logits
     model = get_moses_model(base, dedicated_config(router_input=router_input))
-    recorded, pools = {}, []
+    recorded, owned = {}, []
     for t, name in enumerate(["t1", "t2", "t3"]):
         model.add_task(name)
         assert torch.equal(probe(model), base_logits)  # own B = 0 and transfer gate 0: every task starts at 0
@@ -39,20 +39,22 @@ def test_dedicated_subexperts_keep_old_tasks_and_start_at_zero(arch, router_inpu
         model.end_task()
         assert losses[-1] < losses[0]
         recorded[name] = probe(model, name)
-        pools.append({n: (la.lora_A.detach().clone(), la.lora_B.detach().clone()) for n, la in model.moses_layers()})
+        owned.append({n: [p.detach().clone() for p in la.task_parameters(t)] for n, la in model.moses_layers()})
     for name, logits in recorded.items():
         assert torch.equal(probe(model, name), logits)  # invariant 1
     for n, la in model.moses_layers():
-        owned = torch.arange(6) < 4  # tasks t1, t2 own subexperts 0-3: untouched by t3 (invariant 2)
-        assert torch.equal(la.lora_A[owned], pools[1][n][0][owned])
-        assert torch.equal(la.lora_B[owned], pools[1][n][1][owned])
+        for t in (0, 1):  # tasks t1, t2's subexperts, routers and gates: frozen and untouched by t3 (invariant 2)
+            pairs = zip(la.task_parameters(t), owned[t][n], strict=True)
+            assert all(not p.requires_grad and torch.equal(p, q) for p, q in pairs)
         assert la.transfer_gates[1].item() != 0.0 and la.transfer_gates[0].item() == 0.0  # t1 has none to borrow
+        assert la.routers[0].numel() == 0 and la.routers[2].shape[0] == 4  # t3 may borrow t1's and t2's 4
     capacity = model.capacity()
     assert capacity["used_fraction"] == 1.0
     assert [t["owned_entries"] for t in capacity["tasks"]] == [capacity["pool_entries"] // 3] * 3
-    with pytest.raises(TaskError, match="no free subexperts"):
-        model.add_task("t4")
-    assert model.tasks == ["t1", "t2", "t3"]
+    train_task(model, "t4", steps=2, seed=3)  # past num_subexperts / new_subexperts = 3 tasks: no limit
+    assert model.tasks == ["t1", "t2", "t3", "t4"]
+    for name, logits in recorded.items():
+        assert torch.equal(probe(model, name), logits)
 
 
 @pytest.mark.parametrize("router_input,routing,top_k", [("subexperts", "token", 2), ("hidden", "token", 2),
@@ -83,8 +85,8 @@ def test_pool_forward_equals_the_masked_reference_and_serves_mixed_batches(route
     with torch.no_grad():  # a batch of the first task alone: nothing to borrow anywhere
         first = model(input_ids=batch["input_ids"], task_ids=torch.zeros(4, dtype=torch.long)).logits
     torch.testing.assert_close(first, alone["t1"], rtol=1e-5, atol=1e-5)
-    with pytest.raises(TaskError, match="no masks"):
-        next(la for _, la in model.moses_layers()).pool_weights(3)
+    with pytest.raises(TaskError, match="task 3 is not stored"):
+        next(la for _, la in model.moses_layers()).adapter_delta(x, 3)
 
 
 def probe_ids(model, task, input_ids):
@@ -99,7 +101,7 @@ def test_dedicated_gates_borrow_top_k_of_the_old_subexperts():
         train_task(model, name, steps=2)
     model.add_task("c")
     layer = next(la for _, la in model.moses_layers())
-    logits = torch.tensor([[0.3, -1.0, 2.0, 0.5, 9.0, 9.0]])
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.5]])
     gates = layer.dedicated_gates(logits, task=2)  # task 2 owns 4, 5 and may borrow from 0-3
     gate = layer.transfer_gates[2]
     assert torch.equal(gates[0, 4:], torch.ones(2))
@@ -110,15 +112,18 @@ def test_dedicated_gates_borrow_top_k_of_the_old_subexperts():
 def test_dedicated_round_trip_and_errors(tmp_path):
     model = get_moses_model(build("qwen2"), dedicated_config(router_init="previous", transfer_lr_scale=10.0))
     train_task(model, "a", steps=3)
-    model.add_task("b")
+    train_task(model, "b", steps=3, seed=1)
+    model.add_task("c")
     first = next(la for _, la in model.moses_layers())
-    assert torch.equal(first.routers[1], first.routers[0])  # router_init="previous"
+    previous = first.routers[1]
+    assert torch.equal(first.routers[2][: previous.shape[0], : previous.shape[1]], previous)  # router_init
     transfer = next(g for g in model.optimizer_param_groups(1e-3) if g["name"] == "transfer")
-    assert transfer["lr"] == pytest.approx(1e-2) and transfer["params"][0] is first.transfer_gates[1]
+    assert transfer["lr"] == pytest.approx(1e-2) and transfer["params"][0] is first.transfer_gates[2]
+    train_steps(model, steps=2, seed=2)
     model.end_task()
     model.save_pretrained(tmp_path)
     loaded = MoSEsModel.from_pretrained(build("qwen2"), tmp_path)
-    for task in ("a", "b"):
+    for task in ("a", "b", "c"):
         assert torch.equal(probe(loaded, task), probe(model, task))
     with pytest.raises(ConfigError, match="new_subexperts"):
         MoSEsConfig(num_subexperts=4, new_subexperts=5)
@@ -169,13 +174,13 @@ def test_own_init_best_keeps_the_start_with_the_lowest_loss():
     assert model.choose_own_init(loss_on_b_batch) == 1 and model.own_init_sources[3] == 1
     assert loss_on_b_batch().item() == pytest.approx(losses["b"])
     layer = next(la for _, la in model.moses_layers())
-    assert torch.equal(layer.lora_A[6:8], layer.lora_A[2:4]) and torch.equal(layer.lora_B[6:8], layer.lora_B[2:4])
+    assert torch.equal(layer.own_A[3], layer.own_A[1]) and torch.equal(layer.own_B[3], layer.own_B[1])
     train_steps(model, steps=2, seed=3)  # the copies train; b's originals stay frozen
-    assert not torch.equal(layer.lora_B[6:8], layer.lora_B[2:4])
+    assert not torch.equal(layer.own_B[3], layer.own_B[1])
     model.end_task()
     model.add_task("e")
     assert model.choose_own_init(lambda: torch.tensor(1.0)) is None  # nothing beats fresh
-    assert torch.equal(layer.lora_B[8:10], torch.zeros_like(layer.lora_B[8:10]))
+    assert torch.equal(layer.own_B[4], torch.zeros_like(layer.own_B[4]))
     assert torch.equal(probe(model), base_logits)  # fresh: the task starts at delta 0
     model.end_task()
     assert [t["own_init_from"] for t in model.capacity()["tasks"]] == [None, None, None, "b", None]
@@ -183,16 +188,22 @@ def test_own_init_best_keeps_the_start_with_the_lowest_loss():
         model.start_own_subexperts("a")
 
 
-def test_dedicated_masks_are_stored_as_one_bit_per_subexpert(tmp_path):
+def test_saved_file_holds_what_exists_and_capacity_counts_its_bytes(tmp_path):
+    """R2 writes each task's own subexperts, and routers and gates from task 1 on: no scores, no masks, no
+    untrained slots; capacity()'s stored_bytes are the sizes of the files written."""
     from safetensors.torch import load_file
 
     model = get_moses_model(build("llama"), dedicated_config())
     train_task(model, "a", steps=1)
+    train_task(model, "b", steps=1, seed=1)
     model.save_pretrained(tmp_path)
     state = load_file(str(tmp_path / "adapter_model.safetensors"))
-    masks = [v for k, v in state.items() if ".mask_" in k]
-    assert masks and all(m.numel() == 1 for m in masks)  # 6 subexperts: one byte
-    assert model.capacity()["mask_bytes_raw"] == len(masks)
+    kinds = {key.rsplit(".", 2)[-2] + "." + key.rsplit(".", 1)[-1] for key in state}
+    assert kinds == {"own_A.0", "own_B.0", "own_A.1", "own_B.1", "router.1", "transfer_gate.1"}
+    layers = len(list(model.moses_layers()))
+    expected = sum(p.numel() for _, la in model.moses_layers() for t in (0, 1) for p in la.task_parameters(t))
+    assert sum(v.numel() for v in state.values()) == expected - layers * 1  # task 0's gate (its router is empty)
+    assert model.capacity()["stored_bytes"] == sum(f.stat().st_size for f in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("arch_name", ["llama", "gpt2"])
@@ -207,15 +218,15 @@ def test_fresh_init_gradient_aligns_a_with_the_full_weight_gradient(arch_name):
     reference(**batch).loss.backward()
     model = get_moses_model(build(arch_name), dedicated_config(fresh_init="gradient", own_init="previous"))
     train_task(model, "a", steps=3)
-    before = {n: (la.lora_A.detach().clone(), la.lora_B.detach().clone()) for n, la in model.moses_layers()}
+    before = {n: (la.own_A[0].detach().clone(), la.own_B[0].detach().clone()) for n, la in model.moses_layers()}
     model.add_task("b")  # own_init="previous": b starts as a copy of a's own subexperts
     model.align_fresh_subexperts(lambda: model(**batch).loss)
     for name, layer in model.moses_layers():
         base_weight = layer.base_layer.weight
         assert base_weight.grad is None and not base_weight.requires_grad
-        assert torch.equal(layer.lora_A[:2], before[name][0][:2])  # a's own subexperts are untouched
-        assert torch.equal(layer.lora_A[2:4], layer.lora_A[:2])  # and b's start is their copy again
-        assert torch.equal(layer.lora_B[2:4], layer.lora_B[:2])
+        assert torch.equal(layer.own_A[0], before[name][0])  # a's own subexperts are untouched
+        assert torch.equal(layer.own_A[1], layer.own_A[0])  # and b's start is their copy again
+        assert torch.equal(layer.own_B[1], layer.own_B[0])
         fresh = layer._fresh_own_A[1].reshape(4, -1)  # b's fresh start: 2 subexperts of rank 2
         grad = dict(reference.named_parameters())[name + ".weight"].grad
         if arch_name == "gpt2":
@@ -226,8 +237,8 @@ def test_fresh_init_gradient_aligns_a_with_the_full_weight_gradient(arch_name):
     assert model.own_init_sources[1] == 0
     model.start_own_subexperts(None)  # the fresh start: aligned A, B 0, so delta 0
     layer = next(la for _, la in model.moses_layers())
-    assert torch.equal(layer.lora_A[2:4], layer._fresh_own_A[1])
-    assert torch.equal(layer.lora_B[2:4], torch.zeros_like(layer.lora_B[2:4]))
+    assert torch.equal(layer.own_A[1], layer._fresh_own_A[1])
+    assert torch.equal(layer.own_B[1], torch.zeros_like(layer.own_B[1]))
     with torch.no_grad():
         assert torch.equal(probe(model), build(arch_name)(input_ids=PROBE["input_ids"]).logits)
     with pytest.raises(ConfigError, match="fresh_init='gradient': needs ownership='subexperts'"):

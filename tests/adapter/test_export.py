@@ -10,7 +10,7 @@ from peft import PeftModel
 from moses import MoSEsConfig, get_moses_model
 from moses.errors import TaskError
 
-from conftest import build, random_batch, train_task
+from conftest import build, random_batch, train_steps, train_task
 
 PROBE = random_batch(seed=77, batch=2, length=9)
 
@@ -42,11 +42,31 @@ def test_exported_task_through_peft_equals_moses_til(arch, ownership, tmp_path):
         assert not torch.allclose(logits(pristine), expected, atol=1e-4)  # the task did change the model
 
 
-def test_token_routed_and_unfinished_tasks_cannot_be_exported(tmp_path):
-    model = get_moses_model(build("llama"), MoSEsConfig(num_subexperts=4, top_k=2, rank=2))
-    train_task(model, "a", steps=1)
-    with pytest.raises(TaskError, match="token-routed.*routing='task'"):
-        model.export_task_lora("a", tmp_path)
+def test_every_task_of_a_default_run_that_borrows_nothing_exports_exactly(arch, tmp_path):
+    """Token routing (the default): task 1 and a later task whose transfer gates are 0 are one LoRA each; a task
+    that borrows mixes per token, and its export is refused with the way out."""
+    base = build(arch)
+    pristine = copy.deepcopy(base)
+    model = get_moses_model(base, MoSEsConfig(num_subexperts=4, top_k=2, rank=2))
+    for t, name in enumerate(["a", "b"]):
+        train_task(model, name, steps=4, seed=t)
+    model.add_task("c")  # trained with its transfer gates held at 0: it borrows nothing
+    for _, layer in model.moses_layers():
+        layer.transfer_gates[2].requires_grad_(False)
+
+    train_steps(model, steps=4, seed=2)
+    model.end_task()
+    for name in ("a", "c"):
+        model.set_task(name)
+        out = model.export_task_lora(name, tmp_path / name)
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(pristine), str(out)).eval()
+        torch.testing.assert_close(logits(peft_model), logits(model), atol=1e-5, rtol=1e-4)
+    assert any(float(layer.transfer_gates[1]) != 0 for _, layer in model.moses_layers())
+    with pytest.raises(TaskError, match="token-routed.*--approximate"):
+        model.export_task_lora("b", tmp_path / "b")
+
+
+def test_unfinished_and_unknown_tasks_cannot_be_exported(tmp_path):
     model = get_moses_model(build("llama"), MoSEsConfig(num_subexperts=4, top_k=2, rank=2, routing="task"))
     model.add_task("a")
     with pytest.raises(TaskError, match="still being trained"):

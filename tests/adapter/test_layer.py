@@ -16,7 +16,7 @@ def trained_layer(base: nn.Module, config: MoSEsConfig, seed: int = 0) -> MoSEsL
     layer = MoSEsLayer(base, config)
     with torch.no_grad():  # non-zero B so every subexpert contributes
         layer.lora_B.normal_(0, 0.5)
-    layer.add_router()
+    layer.add_task()
     layer.context.training = layer.context.active = 0
     return layer
 
@@ -41,7 +41,7 @@ def test_new_adapter_leaves_base_output_unchanged():
     torch.manual_seed(0)
     base = nn.Linear(16, 12)
     layer = MoSEsLayer(base, MoSEsConfig(**R1))
-    layer.add_router()
+    layer.add_task()
     layer.context.training = layer.context.active = 0
     x = torch.randn(2, 5, 16)
     assert torch.equal(layer(x), base(x))
@@ -100,7 +100,7 @@ def test_load_balance_loss_is_minimal_for_uniform_routing():
     assert collapsed.item() > 1.5
 
 
-def test_inference_weight_cache_follows_pool_changes():
+def test_inference_weight_cache_follows_stored_value_changes():
     layer = trained_layer(nn.Linear(12, 10), MoSEsConfig(**R1, num_subexperts=4, rank=2))
     layer.end_task(0)
     layer.context.training = None
@@ -109,7 +109,9 @@ def test_inference_weight_cache_follows_pool_changes():
         first = layer(x)
         assert torch.equal(layer(x), first)  # served from the cache
         mask_b = layer.task_mask(0)[1]
-        layer.lora_B[mask_b] += 1.0  # an in-place change of entries the task uses
+        layer.lora_B[mask_b] += 1.0  # the trainable pool: an ended task never reads it
+        assert torch.equal(layer(x), first)
+        layer.frozen_values_B[mask_b] += 1.0  # an in-place change of the stored values the task reads
         changed = layer(x)
     assert not torch.equal(changed, first)
     torch.testing.assert_close(changed, layer.base_layer(x) + layer.reference_delta(x, 0))

@@ -23,7 +23,7 @@ def trained_model():
         model.add_task(name)
         with torch.no_grad():  # give each task a distinct adapter so outputs differ by task
             for _, layer in model.moses_layers():
-                layer.lora_B.normal_(0, 0.3)
+                layer.own_B[-1].normal_(0, 0.3)
         model.observe_prompts(prompts(low, high, seed=1))
         model.end_task()
     return model

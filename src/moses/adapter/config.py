@@ -159,11 +159,14 @@ class MoSEsConfig:
             raise ConfigError(f"{source}: unknown MoSEsConfig field(s): {', '.join(unknown)}")
         return cls(**data)
 
+    def to_json(self, extra: dict[str, Any] | None = None) -> str:
+        """The text of `adapter_config.json`: peft_type, every field, and `extra` keys."""
+        return json.dumps({"peft_type": "MOSES", **self.to_dict(), **(extra or {})}, indent=2) + "\n"
+
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
         from moses.io import atomic_write_text
 
-        payload = {"peft_type": "MOSES", **self.to_dict(), **(extra or {})}
-        atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(Path(directory) / CONFIG_NAME, self.to_json(extra))
 
     @classmethod
     def load(cls, directory: str | Path) -> tuple[MoSEsConfig, dict[str, Any]]:

@@ -1,48 +1,68 @@
 """Export one task of a MoSEs adapter as a standard peft LoRA adapter (loadable by peft, vLLM, TGI, LoRAX).
 
-With input-independent gates (`routing="task"`) a task's delta is exactly a LoRA:
+Where a task's gates do not depend on the input, its delta is exactly a LoRA:
 
     delta W = (alpha / r) sum_i g_i B_t[i] A_t[i] = B' A',  A' = [A_t[i]]_i stacked,  B' = (alpha / r) [g_i B_t[i]]_i
 
-over the subexperts with a non-zero gate (the top-k of R1; R2's own subexperts and the borrowed ones times
-the transfer gate), A_t and B_t already masked. A' has rank (chosen subexperts) x r; layers that choose fewer
-are padded with zero rows, so one rank fits all. The scaling is folded into B' and peft's lora_alpha equals
-its rank (scaling 1). A token-routed task mixes subexperts per token, so it has no exact LoRA: that is an
-error, with the way out (train with routing="task").
+over the subexperts with a non-zero gate, A_t and B_t already masked (R1). That holds with `routing="task"`,
+and under R2 for every layer where the task borrows nothing: task 0 always, and any task whose transfer gate
+is 0 there (its own subexperts have gate 1). A' has rank (chosen subexperts) x r; layers that choose fewer are
+padded with zero rows, so one rank fits all. The scaling is folded into B' and peft's lora_alpha equals its
+rank (scaling 1). A token-routed task that borrows mixes subexperts per token and has no exact LoRA: that is
+an error, with the way out.
+
+These functions take the layers and the task list, not the model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 
+from moses.adapter.layer import MoSEsLayer
+from moses.adapter.tasks import TaskList
 from moses.errors import TaskError
 from moses.io import atomic_write
 
-if TYPE_CHECKING:
-    from moses.adapter.model import MoSEsModel
+Layers = Sequence[tuple[str, MoSEsLayer]]
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 
 
-def task_lora_factors(model: MoSEsModel, task: str | int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module name: (A' (rank, d_in), B' (d_out, rank))} of an ended, task-routed task, one rank for all."""
-    index = model.task_index(task)
-    name = model.tasks[index]
-    if model.moses_config.routing != "task":
-        raise TaskError(f"task {name!r} is token-routed (routing='token'): its subexpert mixture changes with every "
-                        "token, so no single LoRA equals it; train with routing='task' (--option routing=task) to "
-                        "export tasks as LoRA adapters")
-    if index >= model._ended:
+def exact_gates(layer: MoSEsLayer, task: int) -> torch.Tensor | None:
+    """The task's gates over the subexperts it reads in this layer when they do not depend on the input (None:
+    they do)."""
+    if layer.routing == "task":
+        return layer.task_gates(task).float()
+    if layer.dedicated and (task == 0 or float(layer.transfer_gates[task]) == 0.0):
+        n = layer.new_subexperts
+        return torch.cat([torch.zeros(task * n), torch.ones(n)]).to(layer.own_A[task].device)
+    return None
+
+
+def task_lora_factors(layers: Layers, tasks: TaskList, task: str | int,
+                      gates_of=exact_gates) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module name: (A' (rank, d_in), B' (d_out, rank))} of an ended task, one rank for all layers.
+    `gates_of(layer, task)` gives the gates folded in (default: the exact ones)."""
+    index = tasks.index(task)
+    name = tasks.names[index]
+    if index >= tasks.ended:
         raise TaskError(f"task {name!r} is still being trained: end_task() before exporting it")
     factors = {}
     with torch.no_grad():
-        for module, layer in model.moses_layers():
-            a, b = layer.task_weights(index)
-            gates = layer.gates(a.new_zeros(layer.in_features), index).detach().float()
+        for module, layer in layers:
+            gates = gates_of(layer, index)
+            if gates is None:
+                why = (f"borrows earlier subexperts (transfer gate {float(layer.transfer_gates[index]):.3g} in "
+                       f"{module})" if layer.dedicated else "routes every token")
+                raise TaskError(f"task {name!r} is token-routed (routing='token') and {why}: its subexpert mixture "
+                                "changes with every token, so no single LoRA equals it; export it with "
+                                "--approximate (its mean routing folded in), or train with routing='task' "
+                                "(--option routing=task)")
+            a, b = layer.subexperts(index)
             chosen = gates.nonzero().flatten()
             stacked_a = a[chosen].reshape(-1, layer.in_features)
             stacked_b = (b[chosen] * gates[chosen, None, None] * layer.scaling).permute(1, 0, 2)
@@ -54,15 +74,13 @@ def task_lora_factors(model: MoSEsModel, task: str | int) -> dict[str, tuple[tor
     return factors
 
 
-def export_task_lora(model: MoSEsModel, task: str | int, directory: str | Path) -> Path:
-    """Write task `task` as `adapter_config.json` + `adapter_model.safetensors` in peft's format."""
+def write_peft_lora(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], conv1d: bool, base_name: str | None,
+                    directory: str | Path) -> Path:
+    """Write LoRA factors as `adapter_config.json` + `adapter_model.safetensors` in peft's format."""
     from peft import LoraConfig
 
     directory = Path(directory)
-    factors = task_lora_factors(model, task)
     rank = next(iter(factors.values()))[0].shape[0]
-    conv1d = any(not isinstance(layer.base_layer, torch.nn.Linear) for _, layer in model.moses_layers())
-    base_name = getattr(getattr(model.model, "config", None), "_name_or_path", None) or None
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(factors), lora_dropout=0.0, bias="none",
                         fan_in_fan_out=conv1d, base_model_name_or_path=base_name, task_type="CAUSAL_LM")
     state = {}

@@ -8,12 +8,15 @@ logits (E3). The N subexperts are stacked, so A_t x for all of them is one matmu
 (d_out, N*r) matrix of B_t sums the chosen ones. `reference_delta` is the slow per-subexpert loop kept
 for tests.
 
-Reading R2 (ownership="subexperts", the default) needs no masks: its math is in `dedicated.py`.
+Reading R1 (ownership="entries") keeps the pool: an ended task's entries are read from a buffer of their
+values, so nothing an optimizer does to the trainable pool can move them. Reading R2 (ownership="subexperts",
+the default) keeps each task's subexperts as parameters of its own and needs no masks: `dedicated.py`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moses.adapter.config import MoSEsConfig
-from moses.adapter.dedicated import DedicatedSubexperts, check_free_subexperts
+from moses.adapter.dedicated import DedicatedSubexperts
 from moses.adapter.masks import num_kept, straight_through_mask, top_c_mask
 from moses.errors import TaskError
 
@@ -74,32 +77,32 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
         weight = base_layer.weight
+        self.routers = nn.ParameterList()
+        self.transfer_gates = nn.ParameterList()  # R2: one scalar per task, how much it borrows (starts at 0)
+        self.num_ended = 0  # tasks 0..num_ended-1 are stored and frozen in this layer
+        self.aux_loss: torch.Tensor | None = None
+        # per task: (key, A_t flat, B_t flat) for inference; one entry per task, so a mixed-task batch (serving)
+        # does not rebuild every task's weights at every decoding step
+        self._inference_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
+        self._fresh_own_A: tuple[int, torch.Tensor] | None = None  # R2: (task, its own A as first drawn)
+        self._plan: tuple | None = None  # R2: the gathered gates of the last mixed batch layout (decoding)
+        if self.dedicated:
+            self.init_dedicated()
+            return
         factory = {"device": weight.device, "dtype": torch.float32}
         n, r, d_in, d_out = self.num_subexperts, self.rank, self.in_features, self.out_features
         self.lora_A = nn.Parameter(torch.empty(n, r, d_in, **factory))
         self.lora_B = nn.Parameter(torch.empty(n, d_out, r, **factory))
         self.scores_A = nn.Parameter(torch.empty(n, r, d_in, **factory))
         self.scores_B = nn.Parameter(torch.empty(n, d_out, r, **factory))
-        self.routers = nn.ParameterList()
-        self.transfer_gates = nn.ParameterList()  # R2: one scalar per task, how much it borrows (starts at 0)
-        # M_{t-1}: entries owned by ended tasks; read by later tasks, never written (E5).
+        # M_{t-1}: entries owned by ended tasks, and their values. Later tasks read them from these buffers,
+        # never from the trainable pool, so weight decay or optimizer state on the pool cannot move them (E5).
         self.register_buffer("frozen_A", torch.zeros(n, r, d_in, dtype=torch.bool, device=weight.device))
         self.register_buffer("frozen_B", torch.zeros(n, d_out, r, dtype=torch.bool, device=weight.device))
-        self.num_stored_masks = 0
+        self.register_buffer("frozen_values_A", torch.zeros(n, r, d_in, **factory), persistent=False)
+        self.register_buffer("frozen_values_B", torch.zeros(n, d_out, r, **factory), persistent=False)
         self.start_masks: tuple[torch.Tensor, torch.Tensor] | None = None  # R1: the training task's first mask
-        self.aux_loss: torch.Tensor | None = None
-        # per task: (key, A_t flat, B_t flat) for inference; one entry per task, so a mixed-task batch (serving)
-        # does not rebuild every task's weights at every decoding step
-        self._inference_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
-        self._fresh_own_A: tuple[int, torch.Tensor] | None = None  # R2: (task, its own A as first drawn)
-        self._gate_constants: dict[tuple, tuple[torch.Tensor, ...]] = {}  # R2: see gate_constants
-        self._plan: tuple | None = None  # R2: the gathered gates of the last mixed batch layout (decoding)
         self.reset_parameters()
-        if self.dedicated:  # R2 masks follow ownership, not scores
-            self.scores_A.requires_grad_(False)
-            self.scores_B.requires_grad_(False)
-            self.lora_A.register_hook(self.own_rows_only)
-            self.lora_B.register_hook(self.own_rows_only)
 
     # ---- initialisation (explicit, seeded by the caller's torch generator) ----
     def reset_parameters(self) -> None:
@@ -133,14 +136,15 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
                 flat = scores.view(rows, -1)
                 flat.scatter_(1, chosen, torch.where(flat.gather(1, chosen) < 0, -lifted, lifted))
 
-    def add_router(self) -> None:
-        """E3: a new task's router, W_r in R^{N x d_in} ("token"; N x N*r when routing on subexpert features)
-        or one gate-logit vector ("task")."""
-        device = self.lora_A.device
-        task = len(self.routers)
+    def add_task(self) -> None:
+        """A new task's parameters: R2 its own subexperts, router and gate (`add_dedicated_task`); R1 its router,
+        W_r in R^{N x d_in} ("token"; N x N*r when routing on subexpert features) or one gate-logit vector
+        ("task") (E3)."""
+        device = self.base_layer.weight.device
         if self.dedicated:
-            check_free_subexperts(self.num_subexperts, self.new_subexperts, task, f"task {task + 1}")
-        if self.router_init == "previous" and task > 0:
+            self.add_dedicated_task(device)
+            return
+        if self.router_init == "previous" and self.routers:
             router = self.routers[-1].detach().clone()
         elif self.routing == "token":
             fan_in = self.router_inputs or self.in_features
@@ -149,42 +153,46 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
         else:
             router = torch.randn(self.num_subexperts, device=device) * 0.02
         self.routers.append(nn.Parameter(router))
-        if self.dedicated:
-            self.transfer_gates.append(nn.Parameter(torch.zeros((), device=device)))
-            if task == 0:  # R2's first task has nothing to borrow: its router and gate are never read, and a
-                # trainable parameter without gradients stops DistributedDataParallel
-                self.routers[0].requires_grad_(False)
-                self.transfer_gates[0].requires_grad_(False)
+        self.start_masks = self.score_masks()  # to measure how far learning moves the task's mask
 
     # ---- task bookkeeping ----
     def task_mask(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """R1: task `task`'s stored binary masks."""
         return getattr(self, f"mask_A_{task}"), getattr(self, f"mask_B_{task}")
 
     def store_task_mask(self, task: int, mask_a: torch.Tensor, mask_b: torch.Tensor) -> None:
-        """E7: keep task `task`'s binary masks, and fold them into the frozen set M."""
-        if task != self.num_stored_masks:
-            raise TaskError(f"masks must be stored in task order: expected task {self.num_stored_masks}, got {task}")
+        """E7 (R1): keep task `task`'s binary masks, fold them into the frozen set M and copy the values of the
+        entries it adds to M into the frozen buffers, which is where every later forward reads them."""
+        if task != self.num_ended:
+            raise TaskError(f"masks must be stored in task order: expected task {self.num_ended}, got {task}")
         device = self.frozen_A.device
-        # contiguous copies: a mask may arrive as a view (R2's expanded ownership masks)
         self.register_buffer(f"mask_A_{task}", mask_a.to(device=device, dtype=torch.bool).contiguous().clone(),
                              persistent=False)
         self.register_buffer(f"mask_B_{task}", mask_b.to(device=device, dtype=torch.bool).contiguous().clone(),
                              persistent=False)
-        self.frozen_A |= getattr(self, f"mask_A_{task}")
-        self.frozen_B |= getattr(self, f"mask_B_{task}")
-        self.num_stored_masks += 1
-        self.routers[task].requires_grad_(False)
-        if self.dedicated:
-            self.transfer_gates[task].requires_grad_(False)
+        for pool, frozen, values, mask in ((self.lora_A, self.frozen_A, self.frozen_values_A, self.task_mask(task)[0]),
+                                           (self.lora_B, self.frozen_B, self.frozen_values_B, self.task_mask(task)[1])):
+            new = mask & ~frozen
+            values[new] = pool.detach()[new]
+            frozen |= new
+        self.end_router(task)
 
-    def start_task(self) -> None:
-        """Remember the training task's starting mask (R1), to measure how far learning moves it."""
-        self.start_masks = None if self.dedicated else self.score_masks()
+    def end_router(self, task: int) -> None:
+        self.routers[task].requires_grad_(False)
+        self.routers[task].grad = None
+        self.num_ended += 1
 
     def end_task(self, task: int) -> tuple[int, int]:
-        """Store the task's masks; returns (entries of its final mask, of those also in its starting mask)."""
+        """Store and freeze the task; returns (entries it reads, of those also in its starting mask (R1))."""
+        if task != self.num_ended:
+            raise TaskError(f"tasks end in order: expected task {self.num_ended}, got {task}")
+        if self.dedicated:
+            self.end_dedicated_task(task)
+            self.num_ended += 1
+            entries = self.readable_subexperts(task) * self.rank * (self.in_features + self.out_features)
+            return entries, entries
         with torch.no_grad():
-            masks = self.dedicated_masks(task) if self.dedicated else self.score_masks()
+            masks = self.score_masks()
             kept = (sum(int((m & s).sum()) for m, s in zip(masks, self.start_masks, strict=True))
                     if self.start_masks is not None else sum(int(m.sum()) for m in masks))
             self.store_task_mask(task, *masks)
@@ -197,35 +205,38 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
 
     # ---- the math ----
     def task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A_t, B_t. Entries in M are detached, so their gradient is exactly zero (E5)."""
-        live_a = torch.where(self.frozen_A, self.lora_A.detach(), self.lora_A)
-        live_b = torch.where(self.frozen_B, self.lora_B.detach(), self.lora_B)
-        if task == self.context.training and self.dedicated:
-            mask_a, mask_b = self.dedicated_masks(task)
-        elif task == self.context.training:
+        """R1: A_t, B_t. Entries in M come from the frozen buffers, so the pool's values there are never read
+        and their gradient is exactly zero (E5)."""
+        live_a = torch.where(self.frozen_A, self.frozen_values_A, self.lora_A)
+        live_b = torch.where(self.frozen_B, self.frozen_values_B, self.lora_B)
+        if task == self.context.training:
             mask_a = straight_through_mask(self.scores_A, self.density, self.per_subexpert)
             mask_b = straight_through_mask(self.scores_B, self.density, self.per_subexpert)
-        elif task < self.num_stored_masks:
+        elif task < self.num_ended:
             mask_a, mask_b = self.task_mask(task)
         else:
             raise self.unknown_task(task)
         return live_a * mask_a, live_b * mask_b
 
+    def stored_pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """R1: the pool as the tasks read it (frozen entries from their buffers), for saving."""
+        return (torch.where(self.frozen_A, self.frozen_values_A, self.lora_A.detach()),
+                torch.where(self.frozen_B, self.frozen_values_B, self.lora_B.detach()))
+
     def unknown_task(self, task: int) -> TaskError:
-        return TaskError(f"task {task} has no masks in this layer (not ended and not being trained)")
+        return TaskError(f"task {task} is not stored in this layer (not ended and not being trained)")
 
     def flat_task_weights(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A_t as (N*r, d_in) (with the router's N rows below it when fused) and B_t as (d_out, N*r); under
-        R2 only the subexperts the task reads (`pool_weights`). At inference of an ended task they are kept
-        until the pool or router changes (the tensors' version counters), so decoding does not rebuild them
-        every token."""
-        key = (task, self.lora_A._version, self.lora_B._version, self.routers[task]._version,
-               self.num_stored_masks)
+        """R1: A_t as (N*r, d_in) (with the router's N rows below it when fused) and B_t as (d_out, N*r). At
+        inference of an ended task they are kept until the pool, stored values or router change (version counters), so
+        decoding does not rebuild them every token."""
+        key = (task, self.lora_A._version, self.lora_B._version, self.frozen_values_A._version,
+               self.frozen_values_B._version, self.routers[task]._version, self.num_ended)
         cacheable = not torch.is_grad_enabled() and task != self.context.training
         cached = self._inference_cache.get(task) if cacheable else None
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        a_flat, b_flat = self.flatten(*(self.pool_weights(task) if self.dedicated else self.task_weights(task)))
+        a_flat, b_flat = self.flatten(*self.task_weights(task))
         if self.fuses_router:
             a_flat = torch.cat([a_flat, self.routers[task]])
         if cacheable:
@@ -244,12 +255,11 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
         return self.dropout(x)
 
     def gates(self, x: torch.Tensor | None, task: int, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Dense gate values [..., N]: softmax over the top-k router logits, 0 elsewhere (E3). `x` is what the
-        router reads: the hidden state, or the subexpert features A_t x (router_input="subexperts");
-        `logits` when they were computed already (fused with A_t)."""
+        """Dense gate values over the subexperts the task reads: softmax over the top-k router logits, 0
+        elsewhere (E3; R2: `dedicated_gates`). `x` is what the router reads: the hidden state, or the subexpert
+        features A_t x (router_input="subexperts"); `logits` when they were computed already (fused with A_t)."""
         if self.dedicated:
-            gates = self.dedicated_gates(self.dedicated_logits(x, task) if logits is None else logits, task)
-            return F.pad(gates, (0, self.num_subexperts - gates.shape[-1]))
+            return self.dedicated_gates(self.dedicated_logits(x, task) if logits is None else logits, task)
         if logits is None:
             router = self.routers[task]
             logits = F.linear(x, router) if self.routing == "token" else router
@@ -267,13 +277,12 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
         return self.load_balance_coef * n * (slots * probs).sum()
 
     def adapter_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        if self.dedicated:
+            return self.dedicated_delta(x, task)
         a, b = self.flat_task_weights(task)
         x = self.adapter_input(x, a.dtype)
         down = F.linear(x, a)
-        if self.dedicated:
-            gates = None if task == 0 else self.dedicated_gates(  # task 0 reads only its own: gates all 1
-                self.dedicated_logits(down if self.router_inputs else x, task), task)
-        elif self.fuses_router:
+        if self.fuses_router:
             n_r = self.num_subexperts * self.rank
             down, logits = down[..., :n_r], down[..., n_r:]
             gates = self.gates(None, task, logits=logits)
@@ -287,16 +296,25 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
             down = (down.unflatten(-1, (-1, self.rank)) * gates.to(down.dtype).unsqueeze(-1)).flatten(-2)
         return F.linear(down, b) * self.scaling
 
+    def subexperts(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A_t [k, r, d_in], B_t [k, d_out, r] of the k subexperts task `task` reads (R1: all N, masked)."""
+        if not self.dedicated:
+            return self.task_weights(task)
+        return torch.cat(list(self.own_A[: task + 1])), torch.cat(list(self.own_B[: task + 1]))
+
     def reference_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """The same sum as `adapter_delta`, one subexpert at a time (slow; the tests' reference)."""
-        a, b = self.task_weights(task)
+        a, b = self.subexperts(task)
         x = x.to(a.dtype)
-        features = torch.cat([x @ a[i].T for i in range(self.num_subexperts)], dim=-1)
-        gates = self.gates(features if self.router_inputs else x, task)
+        features = torch.cat([x @ a[i].T for i in range(len(a))], dim=-1)
+        if self.dedicated and task == 0:
+            gates = x.new_ones(len(a))
+        else:
+            gates = self.gates(features if self.router_inputs else x, task)
         if gates.dim() == 1:
             gates = gates.expand(*x.shape[:-1], -1)
         out = torch.zeros(*x.shape[:-1], self.out_features, dtype=a.dtype, device=x.device)
-        for i in range(self.num_subexperts):
+        for i in range(len(a)):
             out = out + gates[..., i : i + 1] * (x @ a[i].T @ b[i].T)
         return out * self.scaling
 
@@ -326,15 +344,37 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
             delta = delta.index_copy(0, rows, self.adapter_delta(x.index_select(0, rows), task).to(delta.dtype))
         return delta
 
+    def task_gates(self, task: int) -> torch.Tensor:
+        """The input-independent gates of a task-routed task (routing='task') over the subexperts it reads."""
+        if self.routing != "task":
+            raise TaskError("input-independent gates need routing='task': a token router's mixture depends on "
+                            "the input")
+        if self.dedicated and task == 0:
+            return self.own_A[0].new_ones(self.new_subexperts)
+        return self.gates(None, task).detach()
+
     def merged_delta_weight(self, task: int) -> torch.Tensor:
         """Delta W of a task-routed task in the base layer's own weight layout."""
-        if self.routing != "task":
-            raise TaskError("merge_task needs routing='task': a token router's mixture depends on the input")
-        a, b = self.task_weights(task)
-        gates = self.gates(a.new_zeros(self.in_features), task).detach()  # input-independent for "task"
-        delta = torch.einsum("n,nor,nri->oi", gates, b, a) * self.scaling
+        gates = self.task_gates(task)
+        a, b = self.subexperts(task)
+        delta = torch.einsum("n,nor,nri->oi", gates, b.detach(), a.detach()) * self.scaling
         return delta.T if not isinstance(self.base_layer, nn.Linear) else delta
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, subexperts={self.num_subexperts}, "
                 f"top_k={self.top_k}, rank={self.rank}, routing={self.routing}")
+
+
+def moses_layers(model: nn.Module) -> Iterator[tuple[str, MoSEsLayer]]:
+    """Every MoSEs layer of `model`, by module name, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, MoSEsLayer):
+            yield name, module
+
+
+def unwrap_layers(model: nn.Module) -> nn.Module:
+    """`model` with each MoSEs layer replaced by its original projection (`base_layer`)."""
+    for name, layer in list(moses_layers(model)):
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer.base_layer)
+    return model

@@ -1,5 +1,6 @@
-"""MoSEsModel: wraps a Hugging Face causal LM and owns the task list (add, end, select, per-sample tasks, TaIL);
-capacity and save/load live in capacity.py and save_load.py."""
+"""MoSEsModel: wraps a Hugging Face causal LM and owns the task list (add, end, select, per-sample tasks, TaIL).
+Capacity, save/load and export live in capacity.py, save_load.py and export.py, which take the layers and
+the task list (tasks.py), so they sit below this module."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from torch import nn
 
 from moses.adapter.capacity import capacity_report
 from moses.adapter.config import ATTENTION_TARGETS_BY_MODEL_TYPE, DEFAULT_TARGETS, MoSEsConfig
-from moses.adapter.dedicated import check_free_subexperts
-from moses.adapter.export import export_task_lora
+from moses.adapter.export import task_lora_factors, write_peft_lora
 from moses.adapter.gradient_init import weight_gradients
-from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext
-from moses.adapter.save_load import adapter_state_dict, load_adapter, save_adapter
+from moses.adapter.layer import Conv1D, MoSEsLayer, TaskContext, moses_layers, unwrap_layers
+from moses.adapter.save_load import adapter_files, adapter_state_dict, load_adapter_state, read_adapter, save_adapter
 from moses.adapter.taskid import TaskPrototypes, embed_prompts
+from moses.adapter.tasks import TaskList
 from moses.errors import ConfigError, TaskError
 
 TaskIds = Sequence[str | int] | torch.Tensor
@@ -59,10 +60,7 @@ class MoSEsModel(nn.Module):
         super().__init__()
         self.moses_config = config
         self.context = TaskContext()
-        self._task_names: list[str] = []
-        self._ended = 0  # tasks 0.._ended-1 are ended (frozen)
-        self.mask_moved: list[float | None] = []  # per ended task: share of its final mask not in its first
-        self.own_init_sources: list[int | None] = []  # R2: per task, whose own subexperts it started from
+        self.task_list = TaskList()
         targets = resolve_targets(model, config)
         for param in model.parameters():
             param.requires_grad_(False)
@@ -96,58 +94,55 @@ class MoSEsModel(nn.Module):
             return getattr(self.model, name)
 
     def moses_layers(self) -> Iterator[tuple[str, MoSEsLayer]]:
-        return _moses_modules(self.model)
+        return moses_layers(self.model)
 
     # ---- tasks ----
     @property
     def tasks(self) -> list[str]:
-        return list(self._task_names)
+        return list(self.task_list.names)
+
+    @property
+    def own_init_sources(self) -> list[int | None]:
+        """R2: per task, the index of the task whose own subexperts it started from (None: fresh)."""
+        return list(self.task_list.own_init_sources)
+
+    @property
+    def mask_moved(self) -> list[float | None]:
+        """R1: per ended task, the share of its final mask that was not in its first."""
+        return list(self.task_list.mask_moved)
 
     @property
     def training_task(self) -> str | None:
         t = self.context.training
-        return None if t is None else self._task_names[t]
+        return None if t is None else self.task_list.names[t]
 
     @property
     def active_task(self) -> str | None:
         t = self.context.active
-        return None if t is None else self._task_names[t]
+        return None if t is None else self.task_list.names[t]
 
     def task_index(self, task: str | int) -> int:
-        if isinstance(task, int) and not isinstance(task, bool):
-            if 0 <= task < len(self._task_names):
-                return task
-            raise TaskError(f"task index {task} out of range: {len(self._task_names)} task(s)")
-        if task not in self._task_names:
-            known = ", ".join(self._task_names) or "none yet"
-            raise TaskError(f"unknown task {task!r} (known tasks: {known})")
-        return self._task_names.index(task)
+        return self.task_list.index(task)
 
     def add_task(self, name: str) -> None:
-        """Start learning task `name`: a new router; the task becomes active and trainable."""
+        """Start learning task `name`: its own parameters (R2: subexperts, router, transfer gate; R1: router)
+        are created trainable, every earlier task's stay frozen; the task becomes active."""
         if not isinstance(name, str) or not name:
             raise TaskError(f"task name must be a non-empty string, got {name!r}")
-        if name in self._task_names:
+        if name in self.task_list.names:
             raise TaskError(f"task {name!r} already exists and is frozen; a task is trained once, add a new one")
         if self.context.training is not None:
             raise TaskError(f"task {self.training_task!r} is still being trained: call end_task() first")
-        config = self.moses_config
-        if config.ownership == "subexperts":  # before any layer changes
-            check_free_subexperts(config.num_subexperts, config.new_subexperts, len(self._task_names),
-                                  f"task {name!r}")
+        config, index = self.moses_config, len(self.task_list)
         for _, layer in self.moses_layers():
-            layer.add_router()
-            if self._task_names and config.ownership == "entries" and config.scores == "fresh":
+            if index and config.ownership == "entries" and config.scores == "fresh":
                 layer.reset_scores()
-            elif self._task_names and config.ownership == "entries" and config.free_share > 0:
+            elif index and config.ownership == "entries" and config.free_share > 0:
                 layer.reserve_free_entries(config.free_share)
-            if self._task_names and config.ownership == "subexperts" and config.own_init == "previous":
-                layer.start_own_subexperts(len(self._task_names), len(self._task_names) - 1)
-            layer.start_task()
-        self._task_names.append(name)
-        index = len(self._task_names) - 1
-        previous = index - 1 if index and config.own_init == "previous" else None
-        self.own_init_sources = self.own_init_sources[:index] + [previous]
+            layer.add_task()
+            if index and config.ownership == "subexperts" and config.own_init == "previous":
+                layer.start_own_subexperts(index, index - 1)
+        self.task_list.add(name, index - 1 if index and config.own_init == "previous" else None)
         self.context.training = self.context.active = index
         self.context.sample_tasks = None
 
@@ -159,7 +154,7 @@ class MoSEsModel(nn.Module):
         index = None if source is None else self.task_index(source)
         for _, layer in self.moses_layers():
             layer.start_own_subexperts(task, index)
-        self.own_init_sources[task] = index
+        self.task_list.own_init_sources[task] = index
 
     def align_fresh_subexperts(self, loss_of: Callable[[], torch.Tensor]) -> None:
         """R2, fresh_init="gradient": set the training task's fresh own A, in every layer, from the gradient of
@@ -169,7 +164,7 @@ class MoSEsModel(nn.Module):
         task = self.context.training
         if task is None or self.moses_config.ownership != "subexperts":
             raise TaskError("align_fresh_subexperts() needs ownership='subexperts' and a task being trained")
-        source = self.own_init_sources[task]
+        source = self.task_list.own_init_sources[task]
         self.start_own_subexperts(None)
         layers = [layer for _, layer in self.moses_layers()]
         grads = weight_gradients(loss_of, [layer.base_layer for layer in layers])
@@ -192,18 +187,19 @@ class MoSEsModel(nn.Module):
         return best
 
     def end_task(self) -> None:
-        """Store the training task's masks (top-c of its scores) and router, then freeze them (E7)."""
+        """Store and freeze the training task (E7): its parameters get requires_grad=False and lose their
+        gradients, so no optimizer, old or new, can move them (R1: its masks, top-c of its scores, are stored
+        and its entries read from the frozen buffers from now on)."""
         task = self.context.training
         if task is None:
             raise TaskError("end_task() called with no task being trained: call add_task(name) first")
         sizes = [layer.end_task(task) for _, layer in self.moses_layers()]
         total, kept = sum(size for size, _ in sizes), sum(k for _, k in sizes)
-        self.mask_moved = self.mask_moved[:task] + [1 - kept / total if total else 0.0]
+        self.task_list.end(task, 1 - kept / total if total else 0.0)
         if task in self.prototypes.pending:  # the prompts observed during the task train its TaIL key
             self.prototypes.fit_key(task)
-        self.zero_grad(set_to_none=True)  # stale gradients would move frozen entries in a reused optimizer
+        self.zero_grad(set_to_none=True)
         self.context.training = None
-        self._ended = task + 1
 
     def set_task(self, name: str | int) -> None:
         """Use task `name`'s masks and router for every sample (TIL inference)."""
@@ -286,13 +282,20 @@ class MoSEsModel(nn.Module):
             return self.infer_tasks(kwargs["input_ids"], kwargs.get("attention_mask"))
         return task_ids
 
-    def forward(self, *args, task_ids: TaskIds | None = None, **kwargs):
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                task_ids: TaskIds | None = None, **kwargs):
+        """The wrapped model's forward, with `task_ids` (one task per sample) as in `generate`. The inputs are
+        named, as in peft's PeftModelForCausalLM, so `transformers.Trainer` keeps the dataset's columns."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds,
+                  "labels": labels, **kwargs}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("input_ids", "attention_mask")}
         task_ids = self._task_ids_for(task_ids, kwargs)
         self._check_trainable()
         for _, layer in self.moses_layers():
             layer.aux_loss = None
         with self.per_sample_tasks(task_ids):
-            outputs = self.model(*args, **kwargs)
+            outputs = self.model(**kwargs)
         aux = self.aux_loss()
         if aux is not None and getattr(outputs, "loss", None) is not None:
             outputs.loss = outputs.loss + aux
@@ -309,31 +312,59 @@ class MoSEsModel(nn.Module):
         return torch.stack(losses).mean() if losses else None
 
     # ---- training ----
-    def optimizer_param_groups(self, lr: float, router_weight_decay: float = 0.0) -> list[dict[str, Any]]:
-        """Param groups for a fresh optimizer of the training task. The pool and scores get weight decay 0:
-        decay would move frozen entries (E5). Scores train at lr * score_lr_scale, R2's transfer gates at
-        lr * transfer_lr_scale."""
+    def optimizer_param_groups(self, lr: float, weight_decay: float = 0.0,
+                               router_weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """Param groups of the training task's parameters, and only those (R1: the pool and scores, whose frozen
+        entries no forward reads). R2's transfer gates learn at lr * transfer_lr_scale and R1's scores at
+        lr * score_lr_scale, both without decay. Any optimizer over `parameters()` with requires_grad works
+        too: frozen tasks have none, so weight decay or a reused optimizer cannot move them."""
         task = self.context.training
         if task is None:
             raise TaskError("no task is being trained: call add_task(name) before building the optimizer")
         layers = [layer for _, layer in self.moses_layers()]
-        groups = [
-            {"name": "pool", "params": [p for la in layers for p in (la.lora_A, la.lora_B)], "lr": lr,
-             "weight_decay": 0.0},
-            {"name": "scores", "params": [p for la in layers for p in (la.scores_A, la.scores_B)],
-             "lr": lr * self.moses_config.score_lr_scale, "weight_decay": 0.0},
-            {"name": "router", "params": [la.routers[task] for la in layers], "lr": lr,
-             "weight_decay": router_weight_decay},
-        ]
-        if self.moses_config.ownership == "subexperts":
-            groups.append({"name": "transfer", "params": [la.transfer_gates[task] for la in layers],
-                           "lr": lr * self.moses_config.transfer_lr_scale, "weight_decay": 0.0})
-        return groups
+        config = self.moses_config
+        if config.ownership == "subexperts":
+            groups = [
+                {"name": "subexperts", "params": [p for la in layers for p in (la.own_A[task], la.own_B[task])],
+                 "lr": lr, "weight_decay": weight_decay},
+                {"name": "router", "params": [la.routers[task] for la in layers if la.routers[task].requires_grad],
+                 "lr": lr, "weight_decay": router_weight_decay},
+                {"name": "transfer", "params": [la.transfer_gates[task] for la in layers
+                                                if la.transfer_gates[task].requires_grad],
+                 "lr": lr * config.transfer_lr_scale, "weight_decay": 0.0},
+            ]
+        else:
+            groups = [
+                {"name": "pool", "params": [p for la in layers for p in (la.lora_A, la.lora_B)], "lr": lr,
+                 "weight_decay": weight_decay},
+                {"name": "scores", "params": [p for la in layers for p in (la.scores_A, la.scores_B)
+                                              if p.requires_grad],
+                 "lr": lr * config.score_lr_scale, "weight_decay": 0.0},
+                {"name": "router", "params": [la.routers[task] for la in layers], "lr": lr,
+                 "weight_decay": router_weight_decay},
+            ]
+        return [g for g in groups if g["params"]]
 
     def trainable_parameter_counts(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
         return trainable, total
+
+    def adapter_parameter_counts(self) -> dict[str, int]:
+        """Adapter parameters: `per_task` (what one task trains, the newest one's under R2; R1: the pool,
+        scores and one router) and `stored` (every task's, what the adapter keeps)."""
+        layers = [layer for _, layer in self.moses_layers()]
+        if not self.task_list.names:
+            return {"per_task": 0, "stored": 0}
+        last = len(self.task_list) - 1
+        if self.moses_config.ownership == "subexperts":
+            per_task = sum(p.numel() for la in layers for p in la.task_parameters(last))
+            stored = sum(p.numel() for la in layers for t in range(last + 1) for p in la.task_parameters(t))
+        else:
+            shared = sum(p.numel() for la in layers for p in (la.lora_A, la.lora_B, la.scores_A, la.scores_B))
+            per_task = shared + sum(la.routers[last].numel() for la in layers)
+            stored = shared + sum(r.numel() for la in layers for r in la.routers)
+        return {"per_task": per_task, "stored": stored}
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.trainable_parameter_counts()
@@ -342,59 +373,69 @@ class MoSEsModel(nn.Module):
 
     # ---- capacity (E8) ----
     def capacity(self) -> dict[str, Any]:
-        """Pool usage and storage after the ended tasks, against per-task LoRAs of the same active rank."""
-        return capacity_report(self)
+        """What each ended task owns and reuses, and `stored_bytes`: exactly the bytes `save_pretrained` writes
+        now; against per-task LoRAs of the same active rank."""
+        written = sum(len(payload) for payload in self.adapter_files().values())
+        return capacity_report([layer for _, layer in self.moses_layers()], self.task_list,
+                               self.moses_config.top_k, self.moses_config.rank, written)
 
-    # ---- merging ----
+    # ---- merging and export ----
     def merge_task(self, name: str | int) -> nn.Module:
-        """A plain copy of the base model with task `name` folded into its weights (routing='task' only)."""
-        task = self.task_index(name)
-        if self.moses_config.routing != "task":
-            raise TaskError("merge_task needs MoSEsConfig.routing='task': with routing='token' the mixture "
-                            "depends on each token, so no single weight delta exists")
-        if task >= self._ended:
-            raise TaskError(f"task {self._task_names[task]!r} is still being trained: end_task() before merging")
+        """A plain copy of the base model with task `name` folded into its weights, where that is exact
+        (routing='task', or an R2 task that borrows nothing; see `export_task_lora`)."""
+        factors = task_lora_factors(list(self.moses_layers()), self.task_list, name)
         merged = copy.deepcopy(self.model)
-        for _, layer in _moses_modules(merged):
+        for module, layer in moses_layers(merged):
+            a, b = factors[module]
+            delta = b @ a
+            weight = layer.base_layer.weight
             with torch.no_grad():
-                layer.base_layer.weight += layer.merged_delta_weight(task).to(layer.base_layer.weight.dtype)
-        return _unwrap(merged)
+                weight += (delta if isinstance(layer.base_layer, nn.Linear) else delta.T).to(weight.dtype)
+        return unwrap_layers(merged)
+
+    def export_task_lora(self, name: str | int, directory: str | Path) -> Path:
+        """Task `name` as a standard peft LoRA adapter in `directory`, where it is exactly one (adapter/export.py)."""
+        factors = task_lora_factors(list(self.moses_layers()), self.task_list, name)
+        conv1d = any(not isinstance(layer.base_layer, nn.Linear) for _, layer in self.moses_layers())
+        base_name = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
+        return write_peft_lora(factors, conv1d, base_name, directory)
 
     def unload(self) -> nn.Module:
         """The base model with its original projections back in place (as peft's `unload`); the adapter is
         dropped, so save it first if it is needed."""
-        return _unwrap(self.model)
+        return unwrap_layers(self.model)
 
     # ---- save / load (adapter/save_load.py) ----
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every tensor the adapter needs, keyed by module name; masks bit-packed (uint8)."""
-        return adapter_state_dict(self)
+        """Every tensor the adapter needs, keyed by module name."""
+        return adapter_state_dict(list(self.moses_layers()), self.prototypes)
 
-    def export_task_lora(self, name: str | int, directory: str | Path) -> Path:
-        """Task `name` as a standard peft LoRA adapter in `directory` (routing='task' only; adapter/export.py)."""
-        return export_task_lora(self, name, directory)
+    def adapter_files(self) -> dict[str, bytes]:
+        """{file name: bytes} that `save_pretrained` writes."""
+        base_name = getattr(getattr(self.model, "config", None), "_name_or_path", None)
+        extra = {"base_model_name_or_path": base_name, "resolved_target_modules": self.resolved_targets}
+        return adapter_files(list(self.moses_layers()), self.task_list, self.context, self.prototypes,
+                             self.moses_config, extra)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write adapter_config.json, adapter_model.safetensors and moses_tasks.json, each atomically."""
-        save_adapter(self, directory)
+        save_adapter(self.adapter_files(), directory)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str | Path,
                         config: MoSEsConfig | None = None) -> MoSEsModel:
-        """Wrap `model` and load a saved adapter. A `config` that differs from the saved one is an error."""
-        return load_adapter(cls, model, directory, config)
-
-def _moses_modules(model: nn.Module) -> Iterator[tuple[str, MoSEsLayer]]:
-    for name, module in model.named_modules():
-        if isinstance(module, MoSEsLayer):
-            yield name, module
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    for name, layer in list(_moses_modules(model)):
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layer.base_layer)
-    return model
+        """Wrap `model` and load a saved adapter (also one saved by the pool layout before 0.3.0). A `config`
+        that differs from the saved one is an error."""
+        saved, tasks_json, state = read_adapter(directory, config)
+        wrapped = cls(model, saved)
+        tasks = TaskList.from_json(tasks_json)
+        source = str(Path(directory) / "adapter_model.safetensors")
+        load_adapter_state(list(wrapped.moses_layers()), wrapped.prototypes, state, tasks, source)
+        wrapped.task_list = tasks
+        training, active = tasks_json.get("training"), tasks_json.get("active")
+        wrapped.context.training = None if training is None else tasks.index(training)
+        wrapped.context.active = None if active is None else tasks.index(active)
+        return wrapped
 
 
 def get_moses_model(model: nn.Module, config: MoSEsConfig | None = None) -> MoSEsModel:

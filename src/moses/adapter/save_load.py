@@ -1,74 +1,94 @@
 """Saving and loading a MoSEs adapter like a peft one: `adapter_config.json`, `adapter_model.safetensors`
-(tensors keyed by module name, masks bit-packed) and `moses_tasks.json` (task names and state), each written
-atomically. A mismatched or corrupt directory raises CheckpointError naming the file."""
+(tensors keyed by module name) and `moses_tasks.json` (task names and state), each written atomically. A
+mismatched or corrupt directory raises CheckpointError naming the file.
+
+What is written is what exists. Reading R2: each task's own subexperts, its router over the earlier
+subexperts and its transfer gate (task 0 has neither); no scores, no masks. Reading R1: the pool as the tasks
+read it, the scores (they pick the next task's mask) and bit-packed masks. Plus TaIL's prototypes and keys.
+`adapter_files` builds the three files' bytes, so `capacity()` reports exactly the bytes `save_pretrained`
+writes. Adapters saved by the pool layout before 0.3.0 (R2 in one preallocated tensor) still load.
+
+These functions take the layers, the task list and the prototypes, never the model (`model.py` calls them).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import load_file, save
 
-from moses.adapter.config import MoSEsConfig
-from moses.adapter.layer import MoSEsLayer
+from moses.adapter.config import CONFIG_NAME, MoSEsConfig
+from moses.adapter.layer import MoSEsLayer, TaskContext
 from moses.adapter.masks import pack_bits, unpack_bits
+from moses.adapter.taskid import TaskPrototypes
+from moses.adapter.tasks import TaskList
 from moses.errors import CheckpointError
-from moses.io import atomic_write, atomic_write_text, read_json
-
-if TYPE_CHECKING:
-    from moses.adapter.model import MoSEsModel
+from moses.io import atomic_write, read_json
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 TASKS_NAME = "moses_tasks.json"
+Layers = Sequence[tuple[str, MoSEsLayer]]
 
 
-def adapter_state_dict(model: MoSEsModel) -> dict[str, torch.Tensor]:
-    """Every tensor the adapter needs, keyed by module name; masks bit-packed (uint8)."""
+def adapter_state_dict(layers: Layers, prototypes: TaskPrototypes) -> dict[str, torch.Tensor]:
+    """Every tensor the adapter needs, keyed by module name."""
     state: dict[str, torch.Tensor] = {}
-    for name, la in model.moses_layers():
-        for key in ("lora_A", "lora_B", "scores_A", "scores_B"):
-            state[f"{name}.{key}"] = getattr(la, key).detach()
+    for name, la in layers:
+        if la.dedicated:
+            for t in range(len(la.own_A)):
+                state[f"{name}.own_A.{t}"] = la.own_A[t].detach()
+                state[f"{name}.own_B.{t}"] = la.own_B[t].detach()
+                if t:  # task 0 borrows nothing: no router, no gate
+                    state[f"{name}.router.{t}"] = la.routers[t].detach()
+                    state[f"{name}.transfer_gate.{t}"] = la.transfer_gates[t].detach()
+            continue
+        state[f"{name}.lora_A"], state[f"{name}.lora_B"] = la.stored_pool()
+        state[f"{name}.scores_A"], state[f"{name}.scores_B"] = la.scores_A.detach(), la.scores_B.detach()
         for t, router in enumerate(la.routers):
             state[f"{name}.router.{t}"] = router.detach()
-        for t, gate in enumerate(la.transfer_gates):
-            state[f"{name}.transfer_gate.{t}"] = gate.detach()
-        for t in range(la.num_stored_masks):
+        for t in range(la.num_ended):
             mask_a, mask_b = la.task_mask(t)
-            state[f"{name}.mask_A.{t}"] = pack_bits(stored_mask(la, mask_a))
-            state[f"{name}.mask_B.{t}"] = pack_bits(stored_mask(la, mask_b))
-    if model.prototypes.num_tasks:
-        state["task_prototypes.sums"] = model.prototypes.sums
-        state["task_prototypes.counts"] = model.prototypes.counts
-        state["task_prototypes.keys"] = model.prototypes.keys
+            state[f"{name}.mask_A.{t}"] = pack_bits(mask_a)
+            state[f"{name}.mask_B.{t}"] = pack_bits(mask_b)
+    if prototypes.num_tasks:
+        state["task_prototypes.sums"] = prototypes.sums
+        state["task_prototypes.counts"] = prototypes.counts
+        state["task_prototypes.keys"] = prototypes.keys
     return {k: v.contiguous().cpu() for k, v in state.items()}
 
-def save_adapter(model: MoSEsModel, directory: str | Path) -> None:
-    """Write adapter_config.json, adapter_model.safetensors and moses_tasks.json, each atomically."""
+
+def adapter_files(layers: Layers, tasks: TaskList, context: TaskContext, prototypes: TaskPrototypes,
+                  config: MoSEsConfig, extra: dict[str, Any]) -> dict[str, bytes]:
+    """{file name: bytes} of a saved adapter: what `save_adapter` writes and `capacity()` counts."""
+    weights = save(adapter_state_dict(layers, prototypes), metadata={"format": "pt"})
+    tasks_json = tasks.to_json(context.training, context.active)
+    return {WEIGHTS_NAME: weights, CONFIG_NAME: config.to_json(extra).encode(),
+            TASKS_NAME: (json.dumps(tasks_json, indent=2) + "\n").encode()}
+
+
+def save_adapter(files: dict[str, bytes], directory: str | Path) -> None:
+    """Write the files of `adapter_files`, each atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = adapter_state_dict(model)
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-    base_name = getattr(getattr(model.model, "config", None), "_name_or_path", None)
-    model.moses_config.save(directory, {"base_model_name_or_path": base_name,
-                                       "resolved_target_modules": model.resolved_targets})
-    tasks = {"tasks": model._task_names, "ended": model._ended, "training": model.training_task,
-             "active": model.active_task, "mask_moved": model.mask_moved, "own_init_sources": model.own_init_sources}
-    atomic_write_text(directory / TASKS_NAME, json.dumps(tasks, indent=2) + "\n")
+    for name, payload in files.items():
+        atomic_write(directory / name, lambda tmp, payload=payload: tmp.write_bytes(payload))
 
-def load_adapter(cls: type[MoSEsModel], model: nn.Module, directory: str | Path,
-                 config: MoSEsConfig | None = None) -> MoSEsModel:
-    """Wrap `model` and load a saved adapter. A `config` that differs from the saved one is an error."""
+
+def read_adapter(directory: str | Path, config: MoSEsConfig | None = None
+                 ) -> tuple[MoSEsConfig, dict[str, Any], dict[str, torch.Tensor]]:
+    """The saved config, task list (json) and tensors of an adapter directory. A `config` that differs from
+    the saved one is an error."""
     directory = Path(directory)
     saved, _ = MoSEsConfig.load(directory)
     if config is not None and config != saved:
         diffs = [f"{k}: saved {v!r}, given {getattr(config, k)!r}" for k, v in saved.to_dict().items()
                  if getattr(config, k) != v]
-        raise CheckpointError(f"{directory / 'adapter_config.json'}: saved with another config "
-                              f"({'; '.join(diffs)})")
+        raise CheckpointError(f"{directory / CONFIG_NAME}: saved with another config ({'; '.join(diffs)})")
     tasks = _read_tasks(directory / TASKS_NAME)
     weights_path = directory / WEIGHTS_NAME
     try:
@@ -77,74 +97,91 @@ def load_adapter(cls: type[MoSEsModel], model: nn.Module, directory: str | Path,
         raise CheckpointError(f"{weights_path}: file not found") from None
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{weights_path}: corrupt or truncated safetensors file ({err})") from None
-    wrapped = cls(model, saved)
-    load_adapter_state(wrapped, state, tasks, source=str(weights_path))
-    return wrapped
+    return saved, tasks, state
 
-def load_adapter_state(model: MoSEsModel, state: dict[str, torch.Tensor], tasks: dict[str, Any],
-                       source: str) -> None:
-    names, ended, training = tasks["tasks"], tasks["ended"], tasks["training"]
-    layers = dict(model.moses_layers())
-    expected = {f"{n}.{k}" for n in layers for k in ("lora_A", "lora_B", "scores_A", "scores_B")}
-    expected |= {f"{n}.router.{t}" for n in layers for t in range(len(names))}
-    if model.moses_config.ownership == "subexperts":
-        expected |= {f"{n}.transfer_gate.{t}" for n in layers for t in range(len(names))}
-    expected |= {f"{n}.mask_{w}.{t}" for n in layers for w in "AB" for t in range(ended)}
+
+def load_adapter_state(layers: Layers, prototypes: TaskPrototypes, state: dict[str, torch.Tensor],
+                       tasks: TaskList, source: str) -> None:
+    """Fill freshly wrapped layers (no tasks yet) and the prototypes from a saved state dict."""
+    layer_map = dict(layers)
+    dedicated = next(iter(layer_map.values())).dedicated
+    if dedicated and any(k.endswith(".lora_A") for k in state):
+        state = _from_pool_layout(layer_map, state, len(tasks))
+    expected = (_dedicated_keys(layer_map, len(tasks)) if dedicated
+                else _entry_keys(layer_map, len(tasks), tasks.ended))
     optional = {"task_prototypes.sums", "task_prototypes.counts", "task_prototypes.keys"}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected - optional)
     if missing or unexpected:
         raise CheckpointError(f"{source}: does not match this model and adapter config "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     with torch.no_grad():
-        for name, la in layers.items():
-            for key in ("lora_A", "lora_B", "scores_A", "scores_B"):
-                _copy_checked(getattr(la, key), state[f"{name}.{key}"], f"{source}: {name}.{key}")
-            for t in range(len(names)):
-                la.add_router()
-                _copy_checked(la.routers[t], state[f"{name}.router.{t}"], f"{source}: {name}.router.{t}")
-                if la.dedicated:
-                    key = f"{name}.transfer_gate.{t}"
-                    _copy_checked(la.transfer_gates[t], state[key], f"{source}: {key}")
-            for t in range(ended):
+        for name, la in layer_map.items():
+            if not dedicated:
+                for key in ("lora_A", "lora_B", "scores_A", "scores_B"):
+                    _copy_checked(getattr(la, key), state[f"{name}.{key}"], f"{source}: {name}.{key}")
+            for t in range(len(tasks)):
+                la.add_task()
+                keys = ["router"] if not dedicated else ["own_A", "own_B"] + (["router", "transfer_gate"] if t else [])
+                for key in keys:
+                    target = {"router": la.routers, "transfer_gate": la.transfer_gates}.get(key) or getattr(la, key)
+                    _copy_checked(target[t], state[f"{name}.{key}.{t}"], f"{source}: {name}.{key}.{t}")
+            for t in range(tasks.ended):
+                if dedicated:
+                    la.end_task(t)
+                    continue
                 try:
-                    masks = [_expand_mask(la, state[f"{name}.mask_{w}.{t}"], getattr(la, f"lora_{w}").shape)
+                    masks = [unpack_bits(state[f"{name}.mask_{w}.{t}"], getattr(la, f"lora_{w}").shape)
                              for w in "AB"]
                 except ValueError as err:
                     raise CheckpointError(f"{source}: {name}.mask.{t}: {err}") from None
                 la.store_task_mask(t, *masks)
     if "task_prototypes.sums" in state:
         sums, counts = state["task_prototypes.sums"], state["task_prototypes.counts"]
-        if sums.dim() != 2 or sums.shape[1] != model.prototypes.sums.shape[1] or counts.shape != sums.shape[:1]:
+        if sums.dim() != 2 or sums.shape[1] != prototypes.sums.shape[1] or counts.shape != sums.shape[:1]:
             raise CheckpointError(f"{source}: task_prototypes has shape {tuple(sums.shape)}, model needs "
-                                  f"(tasks, {model.prototypes.sums.shape[1]})")
-        model.prototypes.sums = sums.to(model.prototypes.sums)
-        model.prototypes.counts = counts.to(model.prototypes.counts)
+                                  f"(tasks, {prototypes.sums.shape[1]})")
         keys = state.get("task_prototypes.keys", torch.zeros_like(sums))
         if keys.shape != sums.shape:
             raise CheckpointError(f"{source}: task_prototypes.keys has shape {tuple(keys.shape)}, "
                                   f"expected {tuple(sums.shape)}")
-        model.prototypes.keys = keys.to(model.prototypes.keys)
-    model._task_names = list(names)
-    model._ended = ended
-    moved = tasks.get("mask_moved")
-    model.mask_moved = list(moved) if isinstance(moved, list) else [None] * ended
-    sources = tasks.get("own_init_sources")
-    model.own_init_sources = list(sources) if isinstance(sources, list) else [None] * len(names)
-    model.context.training = None if training is None else model.task_index(training)
-    active = tasks.get("active")
-    model.context.active = None if active is None else model.task_index(active)
+        prototypes.sums = sums.to(prototypes.sums)
+        prototypes.counts = counts.to(prototypes.counts)
+        prototypes.keys = keys.to(prototypes.keys)
 
 
-def stored_mask(layer: MoSEsLayer, mask: torch.Tensor) -> torch.Tensor:
-    """What is stored of a task mask: every entry (R1), or one bit per subexpert (R2: whole subexperts)."""
-    return mask[:, 0, 0] if layer.dedicated else mask
+def _dedicated_keys(layers: dict[str, MoSEsLayer], num_tasks: int) -> set[str]:
+    keys = {f"{n}.own_{w}.{t}" for n in layers for w in "AB" for t in range(num_tasks)}
+    return keys | {f"{n}.{k}.{t}" for n in layers for k in ("router", "transfer_gate") for t in range(1, num_tasks)}
 
 
-def _expand_mask(layer: MoSEsLayer, packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The full mask from what `stored_mask` kept."""
-    if not layer.dedicated:
-        return unpack_bits(packed, shape)
-    return unpack_bits(packed, (shape[0],))[:, None, None].expand(shape)
+def _entry_keys(layers: dict[str, MoSEsLayer], num_tasks: int, ended: int) -> set[str]:
+    keys = {f"{n}.{k}" for n in layers for k in ("lora_A", "lora_B", "scores_A", "scores_B")}
+    keys |= {f"{n}.router.{t}" for n in layers for t in range(num_tasks)}
+    return keys | {f"{n}.mask_{w}.{t}" for n in layers for w in "AB" for t in range(ended)}
+
+
+def _from_pool_layout(layers: dict[str, MoSEsLayer], state: dict[str, torch.Tensor], num_tasks: int
+                      ) -> dict[str, torch.Tensor]:
+    """An R2 state dict saved by the pool layout (before 0.3.0) in the per-task layout. Task t owned pool rows
+    t*n..(t+1)*n-1, and its router's logits were read for the t*n subexperts before them, from the features of
+    the (t+1)*n it reads (or the hidden state): those are exactly the parameters of the per-task layout."""
+    converted = {k: v for k, v in state.items() if k.startswith("task_prototypes.")}
+    for name, la in layers.items():
+        n, r = la.new_subexperts, la.rank
+        pool_a, pool_b = state.get(f"{name}.lora_A"), state.get(f"{name}.lora_B")
+        if pool_a is None or pool_b is None:
+            raise CheckpointError(f"pool-layout adapter without {name}.lora_A / lora_B")
+        for t in range(num_tasks):
+            converted[f"{name}.own_A.{t}"] = pool_a[t * n:(t + 1) * n]
+            converted[f"{name}.own_B.{t}"] = pool_b[t * n:(t + 1) * n]
+            if t:
+                router = state.get(f"{name}.router.{t}")
+                if router is None or f"{name}.transfer_gate.{t}" not in state:
+                    raise CheckpointError(f"pool-layout adapter without {name}.router.{t} / transfer_gate.{t}")
+                columns = (t + 1) * n * r if la.router_inputs else router.shape[-1]
+                converted[f"{name}.router.{t}"] = router[: t * n] if router.dim() == 1 else router[: t * n, :columns]
+                converted[f"{name}.transfer_gate.{t}"] = state[f"{name}.transfer_gate.{t}"]
+    return {k: v.contiguous() for k, v in converted.items()}
 
 
 def _copy_checked(target: torch.Tensor, value: torch.Tensor, what: str) -> None:
@@ -163,3 +200,4 @@ def _read_tasks(path: Path) -> dict[str, Any]:
     if tasks.get("training") is not None and tasks["training"] not in tasks["tasks"]:
         raise CheckpointError(f"{path}: training task {tasks['training']!r} is not in the task list")
     return tasks
+
