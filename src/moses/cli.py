@@ -25,6 +25,8 @@ RUN_FLAGS: list[tuple[str, Any, str]] = [
     ("batch_size", int, "training batch size"),
     ("grad_accum", int, "gradient accumulation steps"),
     ("max_grad_norm", float, "clip each step's gradient norm to this (default: no clipping)"),
+    ("weight_decay", float, "AdamW's decoupled weight decay on the trained weights (default 0; frozen tasks "
+                            "are never in the optimizer)"),
     ("n_train", int, "training examples per task (the first ones)"),
     ("n_test", int, "test examples per task (the first ones)"),
     ("max_prompt_tokens", int, "prompt tokens kept (cut from the left)"),
@@ -123,7 +125,7 @@ def _is_main_process() -> bool:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from moses.runner.demo import run_demo
+    from moses.report.demo import run_demo
 
     config = _run_config(args, output="runs/demo", stream="demo", n_test=24)
     run_demo(config, resume=args.resume)

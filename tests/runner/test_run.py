@@ -173,7 +173,7 @@ def test_diagonal_rows_evaluate_the_new_task_then_all_at_the_end(tiny_model_dir,
 
 
 def test_demo_runs_moses_at_its_own_lr_beside_seq_lora(tiny_model_dir, tmp_path):
-    from moses.runner.demo import run_demo
+    from moses.report.demo import run_demo
 
     printed = []
     config = tiny_config(tiny_model_dir, tmp_path, epochs=1, lr=0.001)

@@ -312,36 +312,37 @@ class MoSEsModel(nn.Module):
         return torch.stack(losses).mean() if losses else None
 
     # ---- training ----
-    def optimizer_param_groups(self, lr: float, weight_decay: float = 0.0,
-                               router_weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    def optimizer_param_groups(self, lr: float, weight_decay: float | None = None,
+                               router_weight_decay: float | None = None) -> list[dict[str, Any]]:
         """Param groups of the training task's parameters, and only those (R1: the pool and scores, whose frozen
         entries no forward reads). R2's transfer gates learn at lr * transfer_lr_scale and R1's scores at
-        lr * score_lr_scale, both without decay. Any optimizer over `parameters()` with requires_grad works
-        too: frozen tasks have none, so weight decay or a reused optimizer cannot move them."""
+        lr * score_lr_scale, both without decay; the subexperts and router take `weight_decay` and
+        `router_weight_decay` (None: the optimizer's own). Any optimizer over `parameters()` works too: frozen
+        tasks have requires_grad=False and no gradient, so weight decay or a reused optimizer cannot move them."""
         task = self.context.training
         if task is None:
             raise TaskError("no task is being trained: call add_task(name) before building the optimizer")
         layers = [layer for _, layer in self.moses_layers()]
         config = self.moses_config
+        decay = {} if weight_decay is None else {"weight_decay": weight_decay}
+        router_decay = {} if router_weight_decay is None else {"weight_decay": router_weight_decay}
         if config.ownership == "subexperts":
             groups = [
                 {"name": "subexperts", "params": [p for la in layers for p in (la.own_A[task], la.own_B[task])],
-                 "lr": lr, "weight_decay": weight_decay},
+                 "lr": lr, **decay},
                 {"name": "router", "params": [la.routers[task] for la in layers if la.routers[task].requires_grad],
-                 "lr": lr, "weight_decay": router_weight_decay},
+                 "lr": lr, **router_decay},
                 {"name": "transfer", "params": [la.transfer_gates[task] for la in layers
                                                 if la.transfer_gates[task].requires_grad],
                  "lr": lr * config.transfer_lr_scale, "weight_decay": 0.0},
             ]
         else:
             groups = [
-                {"name": "pool", "params": [p for la in layers for p in (la.lora_A, la.lora_B)], "lr": lr,
-                 "weight_decay": weight_decay},
+                {"name": "pool", "params": [p for la in layers for p in (la.lora_A, la.lora_B)], "lr": lr, **decay},
                 {"name": "scores", "params": [p for la in layers for p in (la.scores_A, la.scores_B)
                                               if p.requires_grad],
                  "lr": lr * config.score_lr_scale, "weight_decay": 0.0},
-                {"name": "router", "params": [la.routers[task] for la in layers], "lr": lr,
-                 "weight_decay": router_weight_decay},
+                {"name": "router", "params": [la.routers[task] for la in layers], "lr": lr, **router_decay},
             ]
         return [g for g in groups if g["params"]]
 

@@ -96,7 +96,7 @@ class LoRAMethod(Method):
         return [p for n, p in self.model.named_parameters() if f".{adapter}." in n and "lora_" in n]
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        return [{"name": "lora", "params": self.lora_parameters(), "lr": lr, "weight_decay": 0.0}]
+        return [{"name": "lora", "params": self.lora_parameters(), "lr": lr}]
 
     def save(self, directory: Path) -> None:
         with warnings.catch_warnings():  # peft looks for the base model's config.json beside a GGUF file

@@ -42,6 +42,7 @@ class RunConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_grad_norm: float | None = None  # clip the gradient norm of every optimizer step to this (None: no)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay on the trained weights (not on gates or scores)
     max_prompt_tokens: int = 320
     max_answer_tokens: int = 64
     seed: int = 0
@@ -76,6 +77,9 @@ class RunConfig:
         if norm is not None and (not isinstance(norm, (int, float)) or isinstance(norm, bool) or not norm > 0
                                  or norm == float("inf")):
             raise bad("max_grad_norm", "must be a finite number > 0 or null (no clipping)")
+        decay = self.weight_decay
+        if not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 <= decay < float("inf"):
+            raise bad("weight_decay", "must be a finite number >= 0")
         if self.stream not in STREAMS:
             raise bad("stream", f"must be one of {', '.join(STREAMS)}")
         if self.stream == "trace" and not self.data_dir:

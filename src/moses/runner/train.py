@@ -33,7 +33,7 @@ def train_task(model, tokenizer, examples: list[Example], method: Method, config
     step (TrainingError naming the step): the weights stay as the last good step left them."""
     if not examples:  # e.g. zero-shot, or multitask before the last stage
         return []
-    optimizer = torch.optim.AdamW(method.param_groups(method.lr or config.lr))
+    optimizer = torch.optim.AdamW(method.param_groups(method.lr or config.lr), weight_decay=config.weight_decay)
     trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
     trained, optimizer = accelerator.prepare(model, optimizer)
     order = random.Random(seed)
