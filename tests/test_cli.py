@@ -177,5 +177,16 @@ def test_export_writes_a_lora_that_peft_loads_to_the_same_logits(tiny_model_dir,
     capsys.readouterr()
     assert main(["export", str(token_run), "--task", "size", "--output", str(tmp_path / "y2")]) == 2
     assert_one_error_line(capsys.readouterr().err, "is token-routed (routing='token')")
+    approximate = tmp_path / "approximate"
+    assert main(["export", str(token_run), "--task", "size", "--output", str(approximate), "--approximate"]) == 0
+    assert "greedy answers agree with MoSEs on" in capsys.readouterr().out
+    report = json.loads((approximate / "approximation.json").read_text())
+    assert report["task"] == "size" and report["examples"] == 4 and report["training_prompts"] == 8
+    assert 0.0 <= report["greedy_agreement"] <= 1.0
+    assert 0.0 < report["mean_abs_logit_gap"] <= report["max_abs_logit_gap"]
+    PeftModel.from_pretrained(load_model(tiny_model_dir)[0], str(approximate))  # a LoRA peft loads
+    assert main(["export", str(token_run / "checkpoints" / "01-size"), "--task", "size", "--output",
+                 str(tmp_path / "w"), "--approximate"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "--approximate needs a run directory")
     assert main(["export", str(tmp_path), "--task", "alive", "--output", str(tmp_path / "z")]) == 2
     assert_one_error_line(capsys.readouterr().err, "neither a run directory")

@@ -182,8 +182,13 @@ def _eval(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from moses.runner.export import export_task
 
-    out = export_task(Path(args.source), args.task, Path(args.output), args.model)
+    out, report = export_task(Path(args.source), args.task, Path(args.output), args.model, args.approximate)
     print(f"task {args.task!r} written to {out} as a peft LoRA adapter (PeftModel.from_pretrained(base, {str(out)!r}))")
+    if report is not None:
+        print(f"approximate (mean routing over {report['training_prompts']} training prompts): greedy answers "
+              f"agree with MoSEs on {report['greedy_agreement']:.1%} of {report['examples']} {report['split']} "
+              f"examples; mean |logit gap| {report['mean_abs_logit_gap']:.3g}, max {report['max_abs_logit_gap']:.3g} "
+              f"({out / 'approximation.json'})")
     return 0
 
 
@@ -261,12 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="one task as a standard peft LoRA adapter",
                                  description="Write one task of a MoSEs run (its last checkpoint) or adapter as a "
                                  "peft LoRA adapter (adapter_config.json, adapter_model.safetensors) that peft, vLLM, "
-                                 "TGI and LoRAX load. Needs routing='task' (input-independent gates): a token-routed "
-                                 "task has no exact LoRA.")
+                                 "TGI and LoRAX load. Exact where the task's gates do not depend on the input "
+                                 "(routing='task', or a task that borrows nothing); a token-routed task that borrows "
+                                 "needs --approximate.")
     export.add_argument("source", help="a run directory or a MoSEs adapter directory")
     export.add_argument("--task", required=True, help="the task to export")
     export.add_argument("--output", required=True, help="directory for the LoRA adapter")
     export.add_argument("--model", help="base model (default: the run's, or the adapter's base_model_name_or_path)")
+    export.add_argument("--approximate", action="store_true",
+                        help="where the router mixes per token, fold the task's mean routing over its training "
+                        "prompts into one LoRA, and report its agreement with MoSEs on the task's eval examples "
+                        "(needs a run directory)")
     export.set_defaults(func=_export)
 
     serve = commands.add_parser("serve", help="an OpenAI-compatible server for every task of a run or adapter",

@@ -73,3 +73,33 @@ def test_unfinished_and_unknown_tasks_cannot_be_exported(tmp_path):
         model.export_task_lora("a", tmp_path)
     with pytest.raises(TaskError, match="unknown task 'b'"):
         model.export_task_lora("b", tmp_path)
+
+
+def test_approximate_export_folds_the_mean_routing_over_the_prompts(tmp_path):
+    """A token-routed task that borrows: its mean gates over the given prompts (own subexperts 1, borrowed ones
+    summing to the transfer gate) folded into one LoRA, delta W = (alpha/r) sum_i mean(g_i) B_i A_i per layer."""
+    model = get_moses_model(build("llama"), MoSEsConfig(num_subexperts=4, top_k=2, rank=2))
+    for t, name in enumerate(["a", "b", "c"]):
+        train_task(model, name, steps=4, seed=t)
+    prompts = [random_batch(seed=s, batch=1, length=5 + s)["input_ids"][0] for s in range(4)]
+    mean = model.mean_task_gates("c", prompts)
+    factors = {}
+    for module, layer in model.moses_layers():
+        gates = mean[module]
+        assert gates.shape == (3,) and gates[2] == 1.0  # c reads a's and b's subexperts and its own
+        assert float(gates[:2].sum()) == pytest.approx(float(layer.transfer_gates[2]), rel=1e-5)
+        a, b = layer.subexperts(2)
+        factors[module] = torch.einsum("n,nor,nri->oi", gates, b, a) * layer.scaling
+        assert layer.gate_record is None  # recording stops with the call
+    out = model.export_task_lora("c", tmp_path / "c", mean_gates=mean)
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "adapter_model.safetensors"))
+    for module, expected in factors.items():
+        lora_a = state[f"base_model.model.{module}.lora_A.weight"]
+        lora_b = state[f"base_model.model.{module}.lora_B.weight"]
+        torch.testing.assert_close(lora_b @ lora_a, expected, rtol=1e-5, atol=1e-7)
+    exact = model.mean_task_gates("a", prompts)  # task a borrows nothing: no gates to record, exact export
+    assert exact == {}
+    with pytest.raises(TaskError, match="no prompts"):
+        model.mean_task_gates("c", [])

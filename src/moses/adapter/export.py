@@ -8,15 +8,16 @@ over the subexperts with a non-zero gate, A_t and B_t already masked (R1). That 
 and under R2 for every layer where the task borrows nothing: task 0 always, and any task whose transfer gate
 is 0 there (its own subexperts have gate 1). A' has rank (chosen subexperts) x r; layers that choose fewer are
 padded with zero rows, so one rank fits all. The scaling is folded into B' and peft's lora_alpha equals its
-rank (scaling 1). A token-routed task that borrows mixes subexperts per token and has no exact LoRA: that is
-an error, with the way out.
+rank (scaling 1). A token-routed task that borrows mixes subexperts per token and has no exact LoRA; with its
+mean gates over its training prompts folded in instead (`moses export --approximate`) it has an approximate
+one, whose agreement with MoSEs the runner measures (runner/export.py).
 
 These functions take the layers and the task list, not the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -44,9 +45,11 @@ def exact_gates(layer: MoSEsLayer, task: int) -> torch.Tensor | None:
 
 
 def task_lora_factors(layers: Layers, tasks: TaskList, task: str | int,
-                      gates_of=exact_gates) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module name: (A' (rank, d_in), B' (d_out, rank))} of an ended task, one rank for all layers.
-    `gates_of(layer, task)` gives the gates folded in (default: the exact ones)."""
+                      mean_gates: Mapping[str, torch.Tensor] | None = None
+                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module name: (A' (rank, d_in), B' (d_out, rank))} of an ended task, one rank for all layers. Where
+    the gates depend on the input, `mean_gates[module]` (the task's mean gates, `mean_task_gates`) are folded
+    in instead: an approximation; without them that is an error."""
     index = tasks.index(task)
     name = tasks.names[index]
     if index >= tasks.ended:
@@ -54,7 +57,9 @@ def task_lora_factors(layers: Layers, tasks: TaskList, task: str | int,
     factors = {}
     with torch.no_grad():
         for module, layer in layers:
-            gates = gates_of(layer, index)
+            gates = exact_gates(layer, index)
+            if gates is None and mean_gates is not None:
+                gates = mean_gates[module].to(layer.base_layer.weight.device)
             if gates is None:
                 why = (f"borrows earlier subexperts (transfer gate {float(layer.transfer_gates[index]):.3g} in "
                        f"{module})" if layer.dedicated else "routes every token")

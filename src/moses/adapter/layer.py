@@ -81,6 +81,7 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
         self.transfer_gates = nn.ParameterList()  # R2: one scalar per task, how much it borrows (starts at 0)
         self.num_ended = 0  # tasks 0..num_ended-1 are stored and frozen in this layer
         self.aux_loss: torch.Tensor | None = None
+        self.gate_record: list[torch.Tensor] | None = None  # when a list: each forward's gates [tokens, width]
         # per task: (key, A_t flat, B_t flat) for inference; one entry per task, so a mixed-task batch (serving)
         # does not rebuild every task's weights at every decoding step
         self._inference_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
@@ -293,6 +294,9 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
     def mix(self, down: torch.Tensor, gates: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
         """sum_i g_i B_t[i] (A_t[i] x): the gated subexpert features through the stacked B (gates None: 1)."""
         if gates is not None:
+            if self.gate_record is not None:
+                width = gates.shape[-1]
+                self.gate_record.append(gates.detach().float().expand(*down.shape[:-1], width).reshape(-1, width))
             down = (down.unflatten(-1, (-1, self.rank)) * gates.to(down.dtype).unsqueeze(-1)).flatten(-2)
         return F.linear(down, b) * self.scaling
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -394,9 +394,41 @@ class MoSEsModel(nn.Module):
                 weight += (delta if isinstance(layer.base_layer, nn.Linear) else delta.T).to(weight.dtype)
         return unwrap_layers(merged)
 
-    def export_task_lora(self, name: str | int, directory: str | Path) -> Path:
-        """Task `name` as a standard peft LoRA adapter in `directory`, where it is exactly one (adapter/export.py)."""
-        factors = task_lora_factors(list(self.moses_layers()), self.task_list, name)
+    @torch.no_grad()
+    def mean_task_gates(self, name: str | int, prompts: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{module: task `name`'s gates over the subexperts it reads, averaged over every token of `prompts`}
+        (each a 1-D tensor of token ids, run alone, so no padding counts): what `export_task_lora(...,
+        mean_gates=)` folds into one LoRA where the router mixes per token."""
+        layers = list(self.moses_layers())
+        previous = self.context.active, self.context.sample_tasks, self.training
+        self.set_task(name)
+        self.eval()
+        for _, layer in layers:
+            layer.gate_record = []
+        try:
+            count = 0
+            for ids in prompts:
+                self.model(input_ids=ids.reshape(1, -1).to(next(self.model.parameters()).device))
+                count += 1
+            if not count:
+                raise TaskError(f"mean gates of task {name!r}: no prompts given")
+            means = {}
+            for module, layer in layers:
+                records = layer.gate_record
+                if records:
+                    means[module] = torch.cat(records).mean(dim=0)
+        finally:
+            for _, layer in layers:
+                layer.gate_record = None
+            self.context.active, self.context.sample_tasks = previous[:2]
+            self.train(previous[2])
+        return means
+
+    def export_task_lora(self, name: str | int, directory: str | Path,
+                         mean_gates: dict[str, torch.Tensor] | None = None) -> Path:
+        """Task `name` as a standard peft LoRA adapter in `directory`: exact where the task's gates do not depend on
+        the input; elsewhere `mean_gates` (`mean_task_gates`) are folded in, an approximation (adapter/export.py)."""
+        factors = task_lora_factors(list(self.moses_layers()), self.task_list, name, mean_gates)
         conv1d = any(not isinstance(layer.base_layer, nn.Linear) for _, layer in self.moses_layers())
         base_name = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
         return write_peft_lora(factors, conv1d, base_name, directory)
