@@ -3,7 +3,7 @@
 from moses.adapter import MoSEsConfig, MoSEsLayer, MoSEsModel, get_moses_model
 from moses.errors import CheckpointError, ConfigError, MoSEsError, TaskError
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "CheckpointError",

@@ -8,6 +8,7 @@ and the last test shows the check does see a leak when that structure is broken 
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -122,6 +123,10 @@ def test_runner_with_weight_decay_keeps_the_first_task(tiny_model_dir, tmp_path,
     assert len(last.tasks) == 2 and last.tasks[0] == task
     assert torch.equal(til_logits(first, task, precision), til_logits(last, task, precision))
     assert not torch.equal(til_logits(last, last.tasks[1], precision), til_logits(last, task, precision))
+    per_task = json.loads((run / "results.json").read_text())["trainable_parameters_per_task"]
+    layers = [layer for _, layer in last.moses_layers()]  # task 0 trains its subexperts; task 1 also a router, gate
+    assert per_task == [sum(la.own_A[0].numel() + la.own_B[0].numel() for la in layers),
+                        sum(p.numel() for la in layers for p in la.task_parameters(1))]
 
 
 def test_the_check_sees_a_leak_when_isolation_is_broken_by_hand():

@@ -32,30 +32,34 @@ LEGACY_DEFAULTS: dict[str, Any] = {"rank": 4, "router_input": "hidden", "ownersh
 
 @dataclass
 class MoSEsConfig:
-    """Hyperparameters of a MoSEs adapter (see MOSES_SPEC.md, E1-E7).
+    """Hyperparameters of a MoSEs adapter (the spec's E1-E7: docs/spec.md).
+
+    `ownership="subexperts"` (the default) is reading R2, "dedicated subexperts": task t owns `new_subexperts`
+    subexperts of its own (always on, trainable, B = 0 so the task starts at delta 0) and borrows from the
+    earlier tasks' frozen subexperts through its router (top-k among them) times a learned transfer gate that
+    starts at 0; the gate learns at lr * `transfer_lr_scale`, since Adam moves a parameter by about lr per step
+    and the gate must be able to reach O(1) in a few dozen steps. Every task adds its own parameters, so there
+    is no task limit and storage grows linearly with the tasks; `num_subexperts` only sets the scale of a new
+    router's initial weights (1/sqrt(num_subexperts * rank)), as the pool of that size did before 0.3.0.
+    `ownership="entries"` is the spec's reading R1: a learned top-c entry mask per task over one shared pool of
+    `num_subexperts` subexperts, whose size then bounds what all tasks can own.
 
     `routing="token"` is the paper's per-token router; `routing="task"` learns one input-independent gate
-    vector per task, so a task's adapter collapses into one weight delta (`merge_task`).
-    `scores="fresh"` re-draws the mask scores at every task start, trading reuse for plasticity;
-    `router_input="subexperts"` routes on the task's own subexpert features A_t x (N*r values) instead of the
-    hidden state x (d_in values): the per-task router shrinks from N*d_in to N*N*r numbers, which is what
-    keeps storage sublinear when routers would otherwise dominate (benchmarks/capacity.py).
-    `score_lr_scale` multiplies the learning rate of the scores, and `free_share` is the share of a new
-    task's starting mask taken from entries no earlier task owns (persistent scores only): the remedies of
-    the spec's plasticity pitfall.
-    `ownership="entries"` is the spec's reading R1 (a learned top-c entry mask per task over the shared pool);
-    `ownership="subexperts"` is reading R2, "dedicated subexperts": task t owns `new_subexperts` fresh
-    subexperts (always on, trainable, B = 0 so the task starts at delta 0) and borrows from the earlier
-    tasks' frozen subexperts through its router (top-k among them) times a learned transfer gate that starts
-    at 0; the gate learns at lr * `transfer_lr_scale`, since Adam moves a parameter by about lr per step and
-    the gate must be able to reach O(1) in a few dozen steps. `router_init="previous"` starts a new task's
-    router as a copy of the previous task's. `own_init="previous"` (R2) starts a task's own subexperts as
-    copies of the previous task's own ones instead of fresh (B = 0): a warm start, as sequential fine-tuning
-    has, without touching the originals. `own_init="best"` chooses per task, among fresh and a copy of each
-    earlier task's own subexperts, the start with the lowest loss on the task's first training examples
-    (forward passes only; `MoSEsModel.choose_own_init`): a warm start where one helps, delta 0 where none does.
-    `fresh_init="gradient"` (R2) draws a fresh start's A from the top right-singular vectors of the task's
-    first-batch gradient of the base weight instead of uniformly (B stays 0; `MoSEsModel.align_fresh_subexperts`).
+    vector per task, so a task's adapter collapses into one weight delta (`merge_task`, exact export).
+    `router_input="subexperts"` routes on the subexpert features A x the task reads instead of the hidden state
+    x (d_in values), so a router has (borrowable subexperts) x (read subexperts * r) numbers, not x d_in.
+    `router_init="previous"` starts a new task's router as a copy of the previous task's (R2: in the corner
+    they share). `own_init="previous"` (R2) starts a task's own subexperts as copies of the previous task's own
+    ones instead of fresh (B = 0): a warm start, as sequential fine-tuning has, without touching the originals.
+    `own_init="best"` chooses per task, among fresh and a copy of each earlier task's own subexperts, the start
+    with the lowest loss on the task's first training examples (forward passes only;
+    `MoSEsModel.choose_own_init`). `fresh_init="gradient"` (R2) draws a fresh start's A from the top
+    right-singular vectors of the task's first-batch gradient of the base weight instead of uniformly (B stays
+    0; `MoSEsModel.align_fresh_subexperts`).
+    R1 only: `scores="fresh"` re-draws the mask scores at every task start, trading reuse for plasticity;
+    `score_lr_scale` multiplies the learning rate of the scores, and `free_share` is the share of a new task's
+    starting mask taken from entries no earlier task owns (persistent scores only): the remedies of the spec's
+    plasticity pitfall.
     """
 
     num_subexperts: int = 8

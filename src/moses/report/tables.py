@@ -30,7 +30,9 @@ def report_markdown(results: dict[str, Any], title: str = "moses run") -> str:
     names = results["tasks"]
     parts = [f"# {title}", "",
              f"Method `{results['method']}`, {results['completed']} of {len(names)} tasks trained, "
-             f"{results.get('trainable_parameters') or 0:,} trainable parameters.", "",
+             f"{results.get('trainable_parameters') or 0:,} trainable parameters "
+             f"({'the most any one task trains' if 'trainable_parameters_per_task' in results else 'at the start'}).",
+             "",
              "## Score matrix R (row: after training task i; column: task j; 0-100)", "",
              matrix_markdown(names, results["R"], results.get("zero_shot")), ""]
     if results.get("metrics"):

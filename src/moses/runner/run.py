@@ -263,6 +263,10 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
         set_seed(config.seed + i)
         began = time.perf_counter()
         method.on_task_start(task, i)
+        # what this task trains (MoSEs: its own subexperts, router and gate; the ended tasks' are frozen)
+        per_task = results.get("trainable_parameters_per_task", [])[:i] + [method.trainable_parameters()]
+        results["trainable_parameters_per_task"] = per_task
+        results["trainable_parameters"] = max(per_task)
         examples = method.training_examples(task, i, tasks)
         log = train_task(model, tokenizer, examples, method, config, accelerator, seed=config.seed + i,
                          description=f"[{label}] train {task.name} ({i + 1}/{len(tasks)})")
