@@ -199,7 +199,7 @@ def test_saved_file_holds_what_exists_and_capacity_counts_its_bytes(tmp_path):
     model.save_pretrained(tmp_path)
     state = load_file(str(tmp_path / "adapter_model.safetensors"))
     kinds = {key.rsplit(".", 2)[-2] + "." + key.rsplit(".", 1)[-1] for key in state}
-    assert kinds == {"own_A.0", "own_B.0", "own_A.1", "own_B.1", "router.1", "transfer_gate.1"}
+    assert kinds == {"own_A.0", "own_B.0", "own_A.1", "own_B.1", "routers.1", "transfer_gates.1"}
     layers = len(list(model.moses_layers()))
     expected = sum(p.numel() for _, la in model.moses_layers() for t in (0, 1) for p in la.task_parameters(t))
     assert sum(v.numel() for v in state.values()) == expected - layers * 1  # task 0's gate (its router is empty)

@@ -52,8 +52,8 @@ def three_tasks(request):
         losses = train_task(model, name, steps=5, seed=t)
         assert losses[-1] < losses[0], f"{name} did not train: {losses}"
         recorded[name] = logits(model, name)
-        frozen_pool.append({n: (la.lora_A.detach().clone(), la.lora_B.detach().clone(),
-                                la.frozen_A.clone(), la.frozen_B.clone()) for n, la in model.moses_layers()})
+        frozen_pool.append({n: (*(w.clone() for w in la.stored_pool()), la.frozen_A.clone(), la.frozen_B.clone())
+                            for n, la in model.moses_layers()})  # the pool as the tasks read it
         used.append(model.capacity()["used_fraction"])
     return model, recorded, frozen_pool, used
 
@@ -105,7 +105,10 @@ def test_old_routers_frozen_and_optimizer_groups(three_tasks):
     model.add_task("t4")
     groups = model.optimizer_param_groups(1e-3)
     assert {g["name"] for g in groups} == {"pool", "scores", "router"}
-    assert all(g["weight_decay"] == 0.0 for g in groups if g["name"] in ("pool", "scores"))
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["scores"]["weight_decay"] == 0.0 and "weight_decay" not in by_name["pool"]  # the optimizer's
+    decayed = {g["name"]: g.get("weight_decay") for g in model.optimizer_param_groups(1e-3, weight_decay=0.1)}
+    assert decayed == {"pool": 0.1, "scores": 0.0, "router": None}  # router: router_weight_decay, else the optimizer's
     router_ids = {id(p) for g in groups if g["name"] == "router" for p in g["params"]}
     for _, la in model.moses_layers():
         assert [r.requires_grad for r in la.routers] == [False, False, False, True]

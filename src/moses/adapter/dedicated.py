@@ -33,7 +33,7 @@ class DedicatedSubexperts:
     def init_dedicated(self) -> None:
         self.own_A = nn.ParameterList()
         self.own_B = nn.ParameterList()
-        self._frozen_flat: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
+        self._frozen_flat: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     # ---- tasks ----
     def add_dedicated_task(self, device: torch.device) -> None:
@@ -97,23 +97,21 @@ class DedicatedSubexperts:
 
     # ---- the subexperts as matmul operands ----
     def frozen_flat(self, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The own subexperts of ended tasks 0..tasks-1 as (tasks*n*r, d_in) and (d_out, tasks*n*r), kept until
-        one of them changes."""
-        key = tuple((self.own_A[t]._version, self.own_B[t]._version) for t in range(tasks))
-        cached = self._frozen_flat.get(tasks)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-        a = torch.cat([self.own_A[t].detach() for t in range(tasks)]) if tasks else self._empty_a()
-        b = torch.cat([self.own_B[t].detach() for t in range(tasks)]) if tasks else self._empty_b()
-        flat = self.flatten(a, b)
-        self._frozen_flat[tasks] = (key, *flat)
-        return flat
-
-    def _empty_a(self) -> torch.Tensor:
-        return self.own_A[0].new_zeros(0, self.rank, self.in_features)
-
-    def _empty_b(self) -> torch.Tensor:
-        return self.own_B[0].new_zeros(0, self.out_features, self.rank)
+        """The own subexperts of ended tasks 0..tasks-1 as (tasks*n*r, d_in) and (d_out, tasks*n*r): views of one
+        concatenation of every ended task's, made once and kept until a task ends or one of them changes, so
+        serving many tasks holds one copy, not one per task."""
+        ended = self.num_ended
+        key = (ended, tuple((self.own_A[t]._version, self.own_B[t]._version) for t in range(ended)))
+        if self._frozen_flat is None or self._frozen_flat[0] != key:
+            n_r = ended * self.new_subexperts * self.rank
+            a = (torch.cat([self.own_A[t].detach() for t in range(ended)]).reshape(n_r, self.in_features) if ended
+                 else self.own_A[0].new_zeros(0, self.in_features))
+            b_rows = (torch.cat([self.own_B[t].detach().transpose(1, 2) for t in range(ended)]).reshape(
+                n_r, self.out_features) if ended else self.own_B[0].new_zeros(0, self.out_features))
+            self._frozen_flat = (key, a, b_rows)  # B as (n_r, d_out) rows, so a prefix of it is a view
+        _, a, b_rows = self._frozen_flat
+        width = tasks * self.new_subexperts * self.rank
+        return a[:width], b_rows[:width].T
 
     def dedicated_flat(self, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The subexperts of tasks 0..tasks-1 as matmul operands: the ended ones from the cache, the training

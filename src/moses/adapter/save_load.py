@@ -3,10 +3,11 @@
 mismatched or corrupt directory raises CheckpointError naming the file.
 
 What is written is what exists. Reading R2: each task's own subexperts, its router over the earlier
-subexperts and its transfer gate (task 0 has neither); no scores, no masks. Reading R1: the pool as the tasks
-read it, the scores (they pick the next task's mask) and bit-packed masks. Plus TaIL's prototypes and keys.
-`adapter_files` builds the three files' bytes, so `capacity()` reports exactly the bytes `save_pretrained`
-writes. Adapters saved by the pool layout before 0.3.0 (R2 in one preallocated tensor) still load.
+subexperts and its transfer gate (task 0 has neither; all layers' routers of a task are one tensor, as are
+its gates, since a key per layer would cost more header than they hold); no scores, no masks. Reading R1:
+the pool as the tasks read it, the scores (they pick the next task's mask) and bit-packed masks. Plus TaIL's
+prototypes and keys. `adapter_files` builds the three files' bytes, so `capacity()` reports exactly the bytes
+`save_pretrained` writes. Adapters saved by the pool layout before 0.3.0 (R2 in one preallocated tensor) still load.
 
 These functions take the layers, the task list and the prototypes, never the model (`model.py` calls them).
 """
@@ -38,14 +39,17 @@ Layers = Sequence[tuple[str, MoSEsLayer]]
 def adapter_state_dict(layers: Layers, prototypes: TaskPrototypes) -> dict[str, torch.Tensor]:
     """Every tensor the adapter needs, keyed by module name."""
     state: dict[str, torch.Tensor] = {}
+    dedicated = [la for _, la in layers if la.dedicated]
+    for t in range(1, len(dedicated[0].own_A) if dedicated else 0):  # task 0 borrows nothing: no router, no gate
+        # one tensor per task for all layers' routers (flattened, in module order) and one for their gates: a
+        # key per layer would cost more header than the tensors hold
+        state[f"routers.{t}"] = torch.cat([la.routers[t].detach().reshape(-1) for la in dedicated])
+        state[f"transfer_gates.{t}"] = torch.stack([la.transfer_gates[t].detach() for la in dedicated])
     for name, la in layers:
         if la.dedicated:
             for t in range(len(la.own_A)):
                 state[f"{name}.own_A.{t}"] = la.own_A[t].detach()
                 state[f"{name}.own_B.{t}"] = la.own_B[t].detach()
-                if t:  # task 0 borrows nothing: no router, no gate
-                    state[f"{name}.router.{t}"] = la.routers[t].detach()
-                    state[f"{name}.transfer_gate.{t}"] = la.transfer_gates[t].detach()
             continue
         state[f"{name}.lora_A"], state[f"{name}.lora_B"] = la.stored_pool()
         state[f"{name}.scores_A"], state[f"{name}.scores_B"] = la.scores_A.detach(), la.scores_B.detach()
@@ -121,20 +125,23 @@ def load_adapter_state(layers: Layers, prototypes: TaskPrototypes, state: dict[s
                     _copy_checked(getattr(la, key), state[f"{name}.{key}"], f"{source}: {name}.{key}")
             for t in range(len(tasks)):
                 la.add_task()
-                keys = ["router"] if not dedicated else ["own_A", "own_B"] + (["router", "transfer_gate"] if t else [])
-                for key in keys:
-                    target = {"router": la.routers, "transfer_gate": la.transfer_gates}.get(key) or getattr(la, key)
+                for key in ("own_A", "own_B") if dedicated else ("router",):
+                    target = la.routers if key == "router" else getattr(la, key)
                     _copy_checked(target[t], state[f"{name}.{key}.{t}"], f"{source}: {name}.{key}.{t}")
+            if dedicated:
+                continue
             for t in range(tasks.ended):
-                if dedicated:
-                    la.end_task(t)
-                    continue
                 try:
                     masks = [unpack_bits(state[f"{name}.mask_{w}.{t}"], getattr(la, f"lora_{w}").shape)
                              for w in "AB"]
                 except ValueError as err:
                     raise CheckpointError(f"{source}: {name}.mask.{t}: {err}") from None
                 la.store_task_mask(t, *masks)
+        if dedicated:
+            _load_routers(list(layer_map.values()), state, len(tasks), source)
+            for la in layer_map.values():
+                for t in range(tasks.ended):
+                    la.end_task(t)
     if "task_prototypes.sums" in state:
         sums, counts = state["task_prototypes.sums"], state["task_prototypes.counts"]
         if sums.dim() != 2 or sums.shape[1] != prototypes.sums.shape[1] or counts.shape != sums.shape[:1]:
@@ -149,9 +156,22 @@ def load_adapter_state(layers: Layers, prototypes: TaskPrototypes, state: dict[s
         prototypes.keys = keys.to(prototypes.keys)
 
 
+def _load_routers(layers: list[MoSEsLayer], state: dict[str, torch.Tensor], num_tasks: int, source: str) -> None:
+    """R2: each task's routers and transfer gates from their one tensor per task (module order)."""
+    for t in range(1, num_tasks):
+        flat, gates = state[f"routers.{t}"], state[f"transfer_gates.{t}"]
+        sizes = [la.routers[t].numel() for la in layers]
+        if flat.dim() != 1 or flat.numel() != sum(sizes) or gates.shape != (len(layers),):
+            raise CheckpointError(f"{source}: routers.{t} / transfer_gates.{t} have {flat.numel()} / "
+                                  f"{gates.numel()} values, this model needs {sum(sizes)} / {len(layers)}")
+        for la, router, gate in zip(layers, flat.split(sizes), gates, strict=True):
+            la.routers[t].copy_(router.view_as(la.routers[t]))
+            la.transfer_gates[t].copy_(gate)
+
+
 def _dedicated_keys(layers: dict[str, MoSEsLayer], num_tasks: int) -> set[str]:
     keys = {f"{n}.own_{w}.{t}" for n in layers for w in "AB" for t in range(num_tasks)}
-    return keys | {f"{n}.{k}.{t}" for n in layers for k in ("router", "transfer_gate") for t in range(1, num_tasks)}
+    return keys | {f"{k}.{t}" for k in ("routers", "transfer_gates") for t in range(1, num_tasks)}
 
 
 def _entry_keys(layers: dict[str, MoSEsLayer], num_tasks: int, ended: int) -> set[str]:
@@ -166,6 +186,8 @@ def _from_pool_layout(layers: dict[str, MoSEsLayer], state: dict[str, torch.Tens
     t*n..(t+1)*n-1, and its router's logits were read for the t*n subexperts before them, from the features of
     the (t+1)*n it reads (or the hidden state): those are exactly the parameters of the per-task layout."""
     converted = {k: v for k, v in state.items() if k.startswith("task_prototypes.")}
+    routers: dict[int, list[torch.Tensor]] = {t: [] for t in range(1, num_tasks)}
+    gates: dict[int, list[torch.Tensor]] = {t: [] for t in range(1, num_tasks)}
     for name, la in layers.items():
         n, r = la.new_subexperts, la.rank
         pool_a, pool_b = state.get(f"{name}.lora_A"), state.get(f"{name}.lora_B")
@@ -179,8 +201,11 @@ def _from_pool_layout(layers: dict[str, MoSEsLayer], state: dict[str, torch.Tens
                 if router is None or f"{name}.transfer_gate.{t}" not in state:
                     raise CheckpointError(f"pool-layout adapter without {name}.router.{t} / transfer_gate.{t}")
                 columns = (t + 1) * n * r if la.router_inputs else router.shape[-1]
-                converted[f"{name}.router.{t}"] = router[: t * n] if router.dim() == 1 else router[: t * n, :columns]
-                converted[f"{name}.transfer_gate.{t}"] = state[f"{name}.transfer_gate.{t}"]
+                kept = router[: t * n] if router.dim() == 1 else router[: t * n, :columns]
+                routers[t].append(kept.reshape(-1))
+                gates[t].append(state[f"{name}.transfer_gate.{t}"].reshape(()))
+    for t in routers:
+        converted[f"routers.{t}"], converted[f"transfer_gates.{t}"] = torch.cat(routers[t]), torch.stack(gates[t])
     return {k: v.contiguous() for k, v in converted.items()}
 
 
