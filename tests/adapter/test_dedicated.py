@@ -204,6 +204,13 @@ def test_saved_file_holds_what_exists_and_capacity_counts_its_bytes(tmp_path):
     expected = sum(p.numel() for _, la in model.moses_layers() for t in (0, 1) for p in la.task_parameters(t))
     assert sum(v.numel() for v in state.values()) == expected - layers * 1  # task 0's gate (its router is empty)
     assert model.capacity()["stored_bytes"] == sum(f.stat().st_size for f in tmp_path.iterdir())
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(build("llama"), LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    lora.save_pretrained(tmp_path / "lora")  # one LoRA of the rank a task owns (2 subexperts of rank 2)
+    lora_bytes = (tmp_path / "lora" / "adapter_model.safetensors").stat().st_size
+    router_bytes = 4 * (state["routers.1"].numel() + state["transfer_gates.1"].numel())
+    assert (tmp_path / "adapter_model.safetensors").stat().st_size <= 2 * lora_bytes + router_bytes
 
 
 @pytest.mark.parametrize("arch_name", ["llama", "gpt2"])
