@@ -1,8 +1,9 @@
 """One pair of methods over several seeds: each seed's OP difference with `moses compare`'s paired interval,
 and the pooled difference, where every test example's score is first averaged over the seeds (the seeds
 change the data order and initialisation, not the test examples) and then bootstrapped the same way. The
-pooled interval holds the noise of which test examples were drawn; with a handful of seeds it does not
-estimate the spread between seeds, which the per-seed rows show.
+pooled interval holds the noise of which test examples were drawn, not the spread between training seeds.
+Two more rows hold the seeds' spread: a t-interval over the per-seed differences, and a two-stage bootstrap
+that resamples the seeds and then the test examples (`moses.metrics.bootstrap`).
 
     python benchmarks/seed_pool.py --candidate moses=RUN[,RUN...] --reference lora-per-task=RUN[,RUN...]
                                    [--seeds 0,1] [--out seed_pool]
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from common import results_name, write_results
 
-from moses.metrics.bootstrap import paired_difference_summary
+from moses.metrics.bootstrap import paired_difference_summary, seed_t_interval, seeds_and_examples_interval
 from moses.report.compare import final_scores
 from moses.runner.run import read_results
 
@@ -80,6 +81,16 @@ def main() -> None:
                      "per task": ", ".join(f"{t} {d:+.1f}" for t, d in zip(tasks, per_task, strict=True))})
         payload["rows"].append({"runs": label, "OP": op(a), "OP_reference": op(b), **summary,
                                 "per_task_difference": per_task})
+    if len(runs) >= 2:
+        differences = [op(a) - op(b) for a, b in zip(mine, theirs, strict=True)]
+        mean = float(np.mean(differences))
+        for label, (low, high) in (("t-interval over the per-seed differences", seed_t_interval(differences)),
+                                   ("bootstrap over seeds and test examples",
+                                    seeds_and_examples_interval(mine, theirs))):
+            rows.append({"runs": label, name: "", ref_name: "", "difference": f"{mean:+.1f}",
+                         "paired 95% CI": f"[{low:.1f}, {high:.1f}]", "resamples above 0": "", "per task": ""})
+            payload["rows"].append({"runs": label, "difference": mean, "ci": [low, high],
+                                    "per_seed_differences": differences})
     payload["run_dirs"] = {name: [str(r) for r in runs], ref_name: [str(r) for r in ref_runs]}
     notes = (f"OP({name}) - OP({ref_name}) per seed and pooled: 1000 paired resamples of the test examples "
              "within each task, seed 0, as `moses compare` reports; pooled = each test example's score averaged "

@@ -53,6 +53,17 @@ def test_bad_values_are_one_line_exit_2(args, message, capsys, tmp_path):
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_data_dir_keeps_a_long14_config_and_alone_means_trace(tmp_path):
+    from moses.cli import _run_config, build_parser
+
+    config = tmp_path / "c.yaml"
+    config.write_text("stream: long14\ndata_dir: /somewhere\n")
+    parse = build_parser().parse_args
+    assert _run_config(parse(["run", "--config", str(config), "--data-dir", "/other"])).stream == "long14"
+    assert _run_config(parse(["run", "--data-dir", "/other"])).stream == "trace"
+    assert _run_config(parse(["run", "--stream", "long14", "--data-dir", "/d", "--split", "eval"])).split == "eval"
+
+
 def test_unknown_trace_task_and_malformed_json(tmp_path, capsys):
     (tmp_path / "FOMC").mkdir()
     (tmp_path / "FOMC" / "train.json").write_text('[{"prompt": "a", "answer": "b"},\n{"prompt": "c" "answer": 1}]')

@@ -17,7 +17,8 @@ RUN_FLAGS: list[tuple[str, Any, str]] = [
     ("model", str, "model: smollm2-135m, a .gguf file, a local HF directory or a cached model id"),
     ("method", str, "method: moses, seq-lora, lora-per-task, replay, ewc, o-lora, inflora, moe-lora, "
                     "multitask or zero-shot"),
-    ("data_dir", str, "TRACE data directory (<dir>/<Task>/{train,eval,test}.json)"),
+    ("stream", str, "task stream: demo, trace, long14 or manifest (--data-dir alone means trace)"),
+    ("data_dir", str, "TRACE or LONG-14 data directory (<dir>/<Task>/{train,eval,test}.json)"),
     ("manifest", str, "stream manifest (YAML or JSON) naming each task's files"),
     ("output", str, "run directory"),
     ("lr", float, "learning rate"),
@@ -28,8 +29,10 @@ RUN_FLAGS: list[tuple[str, Any, str]] = [
     ("weight_decay", float, "AdamW's decoupled weight decay on the trained weights (default 0; frozen tasks "
                             "are never in the optimizer)"),
     ("n_train", int, "training examples per task (the first ones)"),
-    ("n_test", int, "test examples per task (the first ones)"),
-    ("max_prompt_tokens", int, "prompt tokens kept (cut from the left)"),
+    ("n_test", int, "scored examples per task (the first ones of --split)"),
+    ("split", str, "the split runs are scored on: test (default; for reporting) or eval (for choosing: sweeps, "
+                   "ablations, defaults)"),
+    ("max_prompt_tokens", int, "prompt tokens kept (a longer prompt loses the middle of its passage)"),
     ("max_answer_tokens", int, "answer tokens trained on"),
     ("eval_batch_size", int, "generation batch size"),
     ("eval_rows", str, "after each task, evaluate every seen task (full) or only the new one, every task "
@@ -49,6 +52,13 @@ def _typed(kind):
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
     parse.__name__ = kind.__name__
     return parse
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), resume: bool = True) -> None:
@@ -94,12 +104,18 @@ def _run_config(args: argparse.Namespace, **defaults: Any):
 
     overrides = _overrides(args)
     options = overrides.pop("method_options", {})
-    if "data_dir" in overrides:
-        overrides["stream"] = "trace"
-    if "manifest" in overrides:
+    config_file = getattr(args, "config", None)
+    if "manifest" in overrides and "stream" not in overrides:
         overrides["stream"] = "manifest"
-    if getattr(args, "config", None):
-        config = RunConfig.from_file(args.config, **overrides)
+    if "data_dir" in overrides and "stream" not in overrides:
+        # --data-dir alone: a TRACE directory, unless the config file names another folder stream
+        from moses.io import read_mapping
+
+        settings = read_mapping(config_file) if config_file else None
+        if not isinstance(settings, dict) or settings.get("stream") not in ("trace", "long14"):
+            overrides["stream"] = "trace"
+    if config_file:
+        config = RunConfig.from_file(config_file, **overrides)
     else:
         config = RunConfig.from_dict({**defaults, **overrides}, source="command line")
     if options:  # --option adds to (and overrides) the config file's method options
@@ -137,7 +153,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     config = _run_config(args, output="runs/compare")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = compare(config, methods, resume=not args.fresh, reference=args.reference, jobs=args.jobs)
+    rows = compare(config, methods, resume=not args.fresh, reference=args.reference, jobs=args.jobs,
+                   lr_grid=args.lr_grid)
     print(comparison_markdown(rows))
     print(f"written to {config.output}/compare.md, compare.json and compare.png")
     return 0
@@ -246,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--jobs", type=int, default=1,
                          help="methods run at a time, each in its own process with its share of the CPU threads "
                               "(default 1; the runs' seconds then include their contention)")
+    compare.add_argument("--lr-grid", type=_float_list, metavar="LR,LR,...",
+                         help="a learning-rate sweep: every method (or variant) runs at each lr, as variants named "
+                              "<name>-lr<lr> (e.g. moses-lr1e-3); run it with --split eval")
     _add_run_flags(compare, skip=("method",), resume=False)
     compare.set_defaults(func=_compare)
 
@@ -296,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long the first waiting request waits for others to join its batch (10 ms split "
                             "16 clients into alternating batches of 8: README, Serving)")
     serve.add_argument("--queue-limit", type=_typed(int), default=64, help="waiting requests before 429")
-    serve.add_argument("--max-prompt-tokens", type=_typed(int), default=1024, help="prompt tokens kept (left cut)")
+    serve.add_argument("--max-prompt-tokens", type=_typed(int), default=1024,
+                       help="prompt tokens kept (a longer prompt loses its middle)")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.set_defaults(func=_serve)
 

@@ -145,11 +145,11 @@ class CharTokenizer:
         return {"input_ids": [ord(c) for c in text]}
 
 
-def test_training_batch_masks_prompt_and_truncates_prompt_from_the_left():
+def test_training_batch_masks_prompt_and_cuts_the_middle_of_a_long_prompt():
     batch = training_batch(CharTokenizer(), [{"prompt": "abcdef", "answer": "XY"}, {"prompt": "p", "answer": "Z"}],
                            max_prompt_tokens=3, max_answer_tokens=5)
     ids, labels, mask = batch["input_ids"].tolist(), batch["labels"].tolist(), batch["attention_mask"].tolist()
-    assert ids[0] == [ord(c) for c in "defXY"] + [0]  # "abc" cut, the cue at the end kept; EOS appended
+    assert ids[0] == [ord(c) for c in "aefXY"] + [0]  # "bcd" cut: the start and the cue at the end kept; EOS
     assert labels[0] == [IGNORE] * 3 + [ord("X"), ord("Y"), 0]
     # left padding: every answer ends at the last position; positions count from the first real token
     assert labels[1] == [IGNORE] * 4 + [ord("Z"), 0] and mask[1] == [0, 0, 0, 1, 1, 1]
@@ -158,7 +158,7 @@ def test_training_batch_masks_prompt_and_truncates_prompt_from_the_left():
 
 def test_generation_batch_pads_on_the_left():
     batch = generation_batch(CharTokenizer(), ["abc", "z"], max_prompt_tokens=2)
-    assert batch["input_ids"].tolist() == [[ord("b"), ord("c")], [0, ord("z")]]
+    assert batch["input_ids"].tolist() == [[ord("a"), ord("c")], [0, ord("z")]]
     assert batch["attention_mask"].tolist() == [[1, 1], [0, 1]]
 
 

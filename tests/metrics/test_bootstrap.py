@@ -63,3 +63,30 @@ def test_errors():
         paired_difference_interval(scores(0, sizes=(8, 8)), scores(0, sizes=(8, 9)))
     with pytest.raises(ValueError, match="at least one"):
         op_interval([[1.0], []])
+
+
+def test_seed_t_interval_matches_the_textbook():
+    from moses.metrics.bootstrap import seed_t_interval
+
+    low, high = seed_t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t_0.975(2) = 4.303
+    assert (low, high) == pytest.approx((2 - 4.303 / 3 ** 0.5, 2 + 4.303 / 3 ** 0.5))
+    assert seed_t_interval([1.5, 3.6, 4.0]) == pytest.approx((-0.30, 6.37), abs=0.01)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        seed_t_interval([1.0])
+
+
+def test_seed_bootstrap_with_identical_seeds_is_the_paired_interval():
+    """When every seed scored the same, resampling seeds adds nothing: the two-stage interval is the paired
+    bootstrap of one seed; when seeds disagree it widens."""
+    from moses.metrics.bootstrap import paired_difference_interval, seeds_and_examples_interval
+
+    rng = np.random.default_rng(0)
+    a = [rng.integers(0, 2, 40).astype(float) * 100 for _ in range(3)]
+    b = [rng.integers(0, 2, 40).astype(float) * 100 for _ in range(3)]
+    same = seeds_and_examples_interval([a, a, a], [b, b, b])
+    assert same == pytest.approx(paired_difference_interval(a, b))
+    shifted = [[task + shift for task in a] for shift in (-20.0, 0.0, 20.0)]
+    wide = seeds_and_examples_interval(shifted, [b, b, b])
+    assert wide[1] - wide[0] > same[1] - same[0] + 10
+    with pytest.raises(ValueError, match="one reference run per seed"):
+        seeds_and_examples_interval([a, a], [b])

@@ -123,3 +123,46 @@ def test_compare_jobs_must_be_at_least_one(tiny_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--jobs 0: must be a whole number of at least 1" in err
     assert not (tmp_path / "c").exists()
+
+
+def demo_manifest(root) -> str:
+    """The demo stream as a manifest whose eval split is the test split of another seed's draw (12 examples
+    against the test split's 8)."""
+    from moses.data.demo import demo_stream
+
+    tasks = []
+    for task, other in zip(demo_stream(n_train=8, n_test=8), demo_stream(n_train=8, n_test=12, seed=1), strict=True):
+        for split, examples in (("train", task.train), ("test", task.test), ("eval", other.test)):
+            (root / f"{task.name}-{split}.json").write_text(json.dumps(examples))
+        tasks.append({"name": task.name, **{s: f"{task.name}-{s}.json" for s in ("train", "test", "eval")},
+                      "max_new_tokens": "auto"})
+    (root / "stream.json").write_text(json.dumps({"tasks": tasks}))
+    return str(root / "stream.json")
+
+
+def test_compare_lr_grid_on_the_eval_split(tiny_model_dir, tmp_path, capsys):
+    """--lr-grid sweeps every method at each lr as `<method>-lr<lr>` variants; --split eval scores the eval
+    examples, says so in every row, and a later test-split comparison cannot reuse those runs."""
+    output = tmp_path / "sweep"
+    args = ["compare", "--methods", "zero-shot,lora-per-task", "--lr-grid", "0.01,0.05", "--model", tiny_model_dir,
+            "--manifest", demo_manifest(tmp_path), "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+            "--precision", "fp32", "--output", str(output), "--split", "eval"]
+    assert main(args) == 0
+    rows = json.loads((output / "compare.json").read_text())
+    assert [(r["method"], r["lr"]) for r in rows] == [("zero-shot", None), ("lora-per-task-lr1e-2", 0.01),
+                                                     ("lora-per-task-lr5e-2", 0.05)]
+    assert {r["split"] for r in rows} == {"eval"} and "| eval |" in (output / "compare.md").read_text()
+    answers = [e["answer"] for e in json.loads((tmp_path / "alive-eval.json").read_text())]
+    scored = read_predictions(output / "lora-per-task-lr1e-2", ["after-01"])["after-01"]["alive"]
+    assert [r["reference"] for r in scored] == answers and len(answers) == 12
+    capsys.readouterr()
+    assert main([a if a != "eval" else "test" for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scored on the eval split, and this comparison is on test" in err
+
+
+def test_lr_tags():
+    from moses.report.compare import lr_tag
+
+    assert [lr_tag(x) for x in (1e-4, 3e-4, 1e-3, 0.0025, 0.01, 0.1)] == [
+        "1e-4", "3e-4", "1e-3", "2.5e-3", "1e-2", "1e-1"]

@@ -6,16 +6,36 @@ from collections.abc import Iterator
 
 import torch
 
-from moses.data.stream import Example
+from moses.data.stream import Example, Task
 
 IGNORE = -100
 
 
+def cut_prompt(ids: list[int], max_tokens: int) -> list[int]:
+    """At most `max_tokens` of a prompt's token ids, cut in the middle: its first and last halves are kept, so
+    the instruction and options at its start and the question and "Answer:" cue at its end survive a long
+    passage (LongBench's rule, github.com/THUDM/LongBench pred.py)."""
+    if len(ids) <= max_tokens:
+        return ids
+    head = max_tokens // 2
+    return ids[:head] + ids[len(ids) - (max_tokens - head):]
+
+
+def answer_token_budget(tokenizer, task: Task) -> int:
+    """New tokens to generate for `task`: its own `max_new_tokens`, or when that is None the longest answer of
+    any of its splits in tokens (a label task needs no more)."""
+    if task.max_new_tokens is not None:
+        return task.max_new_tokens
+    answers = {e["answer"] for split in (task.train, task.eval, task.test) for e in split}
+    return max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+
+
 def encode_example(tokenizer, example: Example, max_prompt_tokens: int,
                    max_answer_tokens: int) -> tuple[list[int], list[int]]:
-    """(input ids, labels). The prompt is cut from the left so its final cue survives; the answer from the
-    right, then EOS, so the model learns to stop."""
-    prompt = tokenizer(example["prompt"], add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+    """(input ids, labels). A long prompt is cut by `cut_prompt`; the answer from the right, then EOS, so
+    the model learns to stop."""
+    ids = tokenizer(example["prompt"], add_special_tokens=False)["input_ids"]
+    prompt = cut_prompt(ids, max_prompt_tokens)
     answer = tokenizer(example["answer"], add_special_tokens=False)["input_ids"][:max_answer_tokens]
     answer = answer + [tokenizer.eos_token_id]
     return prompt + answer, [IGNORE] * len(prompt) + answer
@@ -51,8 +71,9 @@ def generation_batches(tokenizer, prompts: list[str], batch_size: int, max_promp
 
 
 def generation_batch(tokenizer, prompts: list[str], max_prompt_tokens: int = 320) -> dict[str, torch.Tensor]:
-    """Left-padded prompts, truncated from the left like training prompts."""
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
+    """Left-padded prompts, cut like training prompts (`cut_prompt`)."""
+    ids = [cut_prompt(tokenizer(p, add_special_tokens=False)["input_ids"], max_prompt_tokens)
+           for p in prompts]
     width = max(len(i) for i in ids)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids])

@@ -32,7 +32,7 @@ class Task:
     test: list[Example]
     eval: list[Example] = field(default_factory=list)
     metric: str = "exact_match"
-    max_new_tokens: int = 8
+    max_new_tokens: int | None = 8  # None: the task's longest answer, in tokens (`answer_token_budget`)
 
     def __post_init__(self) -> None:
         if self.metric not in METRIC_NAMES:
@@ -82,10 +82,12 @@ def check_unique(names: list[str], flag: str = "--tasks") -> None:
         seen.add(name)
 
 
-def load_manifest(path: str | Path, n_train: int | None = None, n_test: int | None = None) -> list[Task]:
+def load_manifest(path: str | Path, n_train: int | None = None, n_test: int | None = None,
+                  split: str = "test") -> list[Task]:
     """A stream described in YAML or JSON: {"tasks": [{"name", "train", "test", "eval"?, "metric"?,
     "max_new_tokens"?, "n_train"?, "n_test"?}]}; file paths are relative to the manifest. Caps keep the
-    first examples of each file (the training loop shuffles, seeded)."""
+    first examples of each file (the training loop shuffles, seeded). max_new_tokens "auto" is the task's
+    longest answer in tokens. With split "eval" each task is scored on its eval file."""
     path = Path(path)
     data = read_mapping(path)
     tasks = data.get("tasks") if isinstance(data, dict) else None
@@ -107,12 +109,17 @@ def load_manifest(path: str | Path, n_train: int | None = None, n_test: int | No
             raise DataError(f"{where}: duplicate task name {spec['name']!r}")
         names.add(spec["name"])
         base = path.parent
+        if split == "eval" and not isinstance(spec.get("eval"), str):
+            raise DataError(f"{where}: split 'eval' needs an 'eval' file for every task")
         train = read_examples(base / spec["train"])[: spec.get("n_train", n_train)]
-        test = read_examples(base / spec["test"])[: spec.get("n_test", n_test)]
         evaluation = read_examples(base / spec["eval"]) if "eval" in spec else []
+        scored = evaluation if split == "eval" else read_examples(base / spec["test"])
+        test = scored[: spec.get("n_test", n_test)]
         max_new = spec.get("max_new_tokens", 8)
-        if not isinstance(max_new, int) or max_new < 1:
-            raise DataError(f"{where}: max_new_tokens must be a positive integer")
+        if max_new == "auto":
+            max_new = None
+        elif not isinstance(max_new, int) or isinstance(max_new, bool) or max_new < 1:
+            raise DataError(f"{where}: max_new_tokens must be a positive integer or 'auto'")
         try:
             stream.append(Task(spec["name"], train, test, evaluation, spec.get("metric", "exact_match"), max_new))
         except DataError as err:

@@ -31,6 +31,7 @@ class Method:
     # False: the method trains once on every task's data at the last stage (multitask), so the stream's
     # backward metrics (BWT, forgetting) do not apply to it
     continual: ClassVar[bool] = True
+    trains: ClassVar[bool] = True  # False: nothing to train (zero-shot), so nothing to sweep
     # the run's token limits, set by the runner, for methods that encode examples themselves
     max_prompt_tokens: int = 320
     max_answer_tokens: int = 64

@@ -15,6 +15,7 @@ from moses.methods.base import Method
 class ZeroShotMethod(Method):
     name = "zero-shot"
     base_until_trained = True  # always: every row is the zero-shot row
+    trains = False
 
     def prepare(self, model: nn.Module, tokenizer) -> nn.Module:
         self.tokenizer = tokenizer

@@ -79,3 +79,41 @@ def paired_difference_summary(scores: TaskScores, reference: TaskScores, resampl
     se = float(samples.std())
     return {"ci": list(percentile_interval(samples, level)), "se": se,
             "detectable": detectable_difference(se, level), "share_above": float((samples > 0).mean())}
+
+
+# two-sided 95% quantiles of Student's t, t_0.975(df), df = 1..30 (any statistics table)
+_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+          2.045, 2.042)
+
+
+def seed_t_interval(differences: Sequence[float]) -> tuple[float, float]:
+    """95% t-interval of the mean of per-seed OP differences (one per training seed): it holds the spread
+    between training seeds, which a bootstrap over one set of test examples does not."""
+    values = np.asarray(differences, dtype=float)
+    if len(values) < 2:
+        raise ValueError(f"a t-interval over seeds needs at least 2 seeds, got {len(values)}")
+    t = _T_975[len(values) - 2] if len(values) <= len(_T_975) + 1 else NormalDist().inv_cdf(0.975)
+    half = t * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def seeds_and_examples_interval(scores: Sequence[TaskScores], reference: Sequence[TaskScores],
+                                resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the mean over seeds of OP(scores) - OP(reference), from a two-stage bootstrap:
+    the seeds (pairs of runs) are resampled with replacement, then the test examples within each task, the
+    same for every seed and both sides (they share the test examples). With few seeds it is too narrow;
+    `seed_t_interval` is the conservative one."""
+    if len(scores) != len(reference) or not scores:
+        raise ValueError(f"one reference run per seed: {len(scores)} against {len(reference)}")
+    sizes = _sizes(scores[0])
+    for run in (*scores, *reference):
+        if _sizes(run) != sizes:
+            raise ValueError(f"every run needs the same test examples: {sizes} vs {_sizes(run)}")
+    rng = np.random.default_rng(seed)
+    per_seed = np.stack([_op_samples(a, _resampled_indices(sizes, resamples, seed)) -
+                         _op_samples(b, _resampled_indices(sizes, resamples, seed))
+                         for a, b in zip(scores, reference, strict=True)])  # [seeds, resamples]
+    picked = rng.integers(0, len(scores), size=(resamples, len(scores)))
+    samples = per_seed[picked, np.arange(resamples)[:, None]].mean(axis=1)
+    return percentile_interval(samples, level)

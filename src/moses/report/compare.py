@@ -9,6 +9,7 @@ import multiprocessing
 import statistics
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,30 @@ from moses.runner.predictions import after_stage, read_predictions
 from moses.runner.run import CONFIG_FILE, check_output, read_config, read_results, run
 
 COLUMNS = ("method", "lr", "OP", "OP 95% CI", "vs reference (95% CI)", "BWT", "FWT", "forgetting",
-           "trainable_parameters", "stored_bytes", "owned entries per task", "precision", "median_step_seconds",
-           "train_seconds", "total_seconds")
+           "trainable_parameters", "stored_bytes", "owned entries per task", "precision", "split",
+           "median_step_seconds", "train_seconds", "total_seconds")
 RESAMPLES, SEED = 1000, 0
+
+
+def lr_tag(lr: float) -> str:
+    """A learning rate as a variant names it: 0.001 -> "1e-3", 0.0025 -> "2.5e-3"."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def with_lr_grid(config: RunConfig, methods: list[str], grid: list[float]) -> tuple[RunConfig, list[str]]:
+    """The sweep of `methods` over the learning rates of `grid`: a variant `<name>-lr<lr>` per method (or
+    variant) and lr, with its options and that lr. Methods that train nothing (zero-shot) stay as they are."""
+    variants, names = dict(config.variants), []
+    for name in methods:
+        base = config.variants.get(name, {"method": name})
+        if not getattr(METHODS.get(base.get("method")), "trains", True):
+            names.append(name)
+            continue
+        for lr in grid:
+            variants[f"{name}-lr{lr_tag(lr)}"] = {**base, "lr": lr}
+            names.append(f"{name}-lr{lr_tag(lr)}")
+    return replace(config, variants=variants), names
 
 
 def run_lr(run_dir: Path, results: dict[str, Any]) -> float | None:
@@ -55,6 +77,7 @@ def comparison_row(method: str, results: dict[str, Any], lr: float | None = None
             "stored_bytes": stored, "owned_entries": owned,
             "median_step_seconds": statistics.median(steps) if steps else None, "train_seconds": train,
             "total_seconds": train + sum(results.get("eval_seconds", [])), "precision": results.get("precision"),
+            "split": results.get("split", "test"),
             "tasks": results.get("tasks"), "final_scores": _final_row(results), "zero_shot": results.get("zero_shot")}
 
 
@@ -173,16 +196,21 @@ def power_summary(rows: list[dict[str, Any]]) -> str:
 
 
 def compare(config: RunConfig, methods: list[str], resume: bool = True, echo=print,
-            reference: str = "moses", jobs: int = 1) -> list[dict[str, Any]]:
+            reference: str = "moses", jobs: int = 1, lr_grid: list[float] | None = None) -> list[dict[str, Any]]:
     """Run each method or variant into <output>/<name> (a finished run is reused, an interrupted one resumed)
     and write compare.md, compare.json and compare.png into <output>. Each method runs with its entry in
     `options_by_method`; `method_options` apply to the config's own method only; a variant (config
     `variants`) runs its method with its own options. The zero-shot row is evaluated once and shared.
-    `jobs` > 1 runs that many at a time in worker processes, each with its share of the torch threads."""
+    `jobs` > 1 runs that many at a time in worker processes, each with its share of the torch threads.
+    `lr_grid` runs every method at each of those learning rates instead (`with_lr_grid`)."""
     unknown = [m for m in methods if m not in METHODS and m not in config.variants]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)}"
                           f"{'; variants: ' + ', '.join(config.variants) if config.variants else ''})")
+    if lr_grid:
+        if any(not isinstance(lr, (int, float)) or not 0 < lr < float("inf") for lr in lr_grid):
+            raise ConfigError(f"--lr-grid {lr_grid}: every learning rate must be a finite number > 0")
+        config, methods = with_lr_grid(config, methods, lr_grid)
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be a whole number of at least 1")
     if jobs > 1:
@@ -243,6 +271,9 @@ def _compare_locked(config: RunConfig, methods: list[str], resume: bool, echo, r
     for method in methods:
         run_dir = Path(configs[method].output)
         existing = read_results(run_dir)
+        if existing is not None and existing.get("split", "test") != config.split:
+            raise ConfigError(f"{run_dir}: scored on the {existing.get('split', 'test')} split, and this comparison "
+                              f"is on {config.split}: choose another --output")
         if _finished(existing) and resume:
             echo(f"[{method}] finished earlier: reusing {run_dir}")
             if existing.get("zero_shot") is not None and zero_shot_from is None:

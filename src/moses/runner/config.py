@@ -12,7 +12,8 @@ from moses.io import atomic_write_text, read_mapping
 from moses.models import DEFAULT_MODEL
 from moses.precision import PRECISIONS
 
-STREAMS = ("demo", "trace", "manifest")
+STREAMS = ("demo", "trace", "long14", "manifest")
+SPLITS = ("test", "eval")  # the split a run is scored on: validation chooses, test reports
 
 
 @dataclass
@@ -34,8 +35,9 @@ class RunConfig:
     manifest: str | None = None
     tasks: list[str] | None = None
     n_train: int | None = 64
-    n_test: int | None = 32
+    n_test: int | None = 32  # scored examples per task (of `split`)
     eval_as_train: bool = False
+    split: str = "test"  # "eval": score each task's eval split (for choosing); "test" (for reporting)
     # training
     lr: float = 3e-3
     epochs: int = 4
@@ -82,8 +84,12 @@ class RunConfig:
             raise bad("weight_decay", "must be a finite number >= 0")
         if self.stream not in STREAMS:
             raise bad("stream", f"must be one of {', '.join(STREAMS)}")
-        if self.stream == "trace" and not self.data_dir:
-            raise bad("data_dir", "is required with stream 'trace'")
+        if self.stream in ("trace", "long14") and not self.data_dir:
+            raise bad("data_dir", f"is required with stream '{self.stream}'")
+        if self.split not in SPLITS:
+            raise bad("split", f"must be one of {', '.join(SPLITS)}")
+        if self.split == "eval" and self.stream == "demo":
+            raise bad("split", "the demo stream has no eval split")
         if self.stream == "manifest" and not self.manifest:
             raise bad("manifest", "is required with stream 'manifest'")
         names_ok = isinstance(self.tasks, list) and all(isinstance(t, str) for t in self.tasks)
@@ -143,7 +149,7 @@ class RunConfig:
     def evaluation_key(self) -> dict[str, Any]:
         """The settings that decide the zero-shot row: runs that agree on them can share it."""
         keys = ("model", "dtype", "precision", "stream", "data_dir", "manifest", "tasks", "n_train", "n_test",
-                "eval_as_train", "max_prompt_tokens", "eval_batch_size", "seed", "device")
+                "eval_as_train", "split", "max_prompt_tokens", "eval_batch_size", "seed", "device")
         return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from moses import faults
-from moses.data.collate import generation_batches
+from moses.data.collate import answer_token_budget, generation_batches
 from moses.data.stream import Task
 from moses.data.trace import sari_source
 from moses.metrics import text
@@ -61,7 +61,8 @@ def example_scores(task: Task, predictions: list[str]) -> list[float]:
 def evaluate_task(model, tokenizer, task: Task, batch_size: int = 16, max_prompt_tokens: int = 320,
                   precision: str = "fp32") -> tuple[float, list[dict]]:
     """(score, one record per test example)."""
-    predictions = generate_answers(model, tokenizer, [e["prompt"] for e in task.test], task.max_new_tokens,
+    predictions = generate_answers(model, tokenizer, [e["prompt"] for e in task.test],
+                                   answer_token_budget(tokenizer, task),
                                    batch_size, max_prompt_tokens, description=f"eval {task.name}",
                                    precision=precision)
     records = [{"task": task.name, "prediction": p, "reference": e["answer"], "score": score}

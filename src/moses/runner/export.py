@@ -82,7 +82,7 @@ def approximation_report(model, task: str, lora_dir: Path, model_name: str, toke
     import torch
     from peft import PeftModel
 
-    from moses.data.collate import generation_batches
+    from moses.data.collate import answer_token_budget, generation_batches
     from moses.models import load_model
     from moses.runner.evaluate import generate_answers
 
@@ -93,7 +93,8 @@ def approximation_report(model, task: str, lora_dir: Path, model_name: str, toke
     lora.to(next(model.parameters()).device)
     model.set_task(task)
     model.eval()
-    answers = {name: generate_answers(m, tokenizer, prompts, stream_task.max_new_tokens, batch_size,
+    budget = answer_token_budget(tokenizer, stream_task)
+    answers = {name: generate_answers(m, tokenizer, prompts, budget, batch_size,
                                       max_prompt_tokens, description=f"{name} answers")
                for name, m in (("moses", model), ("lora", lora))}
     gap_sum, gap_max, count = 0.0, 0.0, 0

@@ -23,6 +23,7 @@ from typing import Any
 
 from moses import faults
 from moses.data.demo import demo_stream
+from moses.data.long14 import load_long14
 from moses.data.stream import Task, check_unique, load_manifest
 from moses.data.trace import load_trace
 from moses.errors import CheckpointError, ConfigError
@@ -46,9 +47,12 @@ def build_stream(config: RunConfig) -> list[Task]:
     if config.stream == "demo":
         stream = demo_stream(n_train=config.n_train or 64, n_test=config.n_test or 24, seed=config.seed)
     elif config.stream == "trace":
-        return load_trace(config.data_dir, config.tasks, config.n_train, config.n_test, config.eval_as_train)
+        return load_trace(config.data_dir, config.tasks, config.n_train, config.n_test, config.eval_as_train,
+                          config.split)
+    elif config.stream == "long14":
+        return load_long14(config.data_dir, config.tasks, config.n_train, config.n_test, config.split)
     else:
-        stream = load_manifest(config.manifest, config.n_train, config.n_test)
+        stream = load_manifest(config.manifest, config.n_train, config.n_test, config.split)
     if config.tasks:
         check_unique(config.tasks)
         by_name = {t.name: t for t in stream}
@@ -198,6 +202,7 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
                    "R": [], "train_seconds": [], "eval_seconds": [], "train_log": [], "capacity": None,
                    "metrics": None, "trainable_parameters": None}
     results["precision"] = precision
+    results["split"] = config.split
     results["machine"] = describe_machine(accelerator.device.type)
     set_seed(config.seed)
     echo(f"[{label}] loading {config.model} (precision {precision}: {why}; {results['machine']['cpu']}, "
