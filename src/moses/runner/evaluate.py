@@ -26,9 +26,14 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
 
     state = PartialState()
     mine = prompts[state.process_index::state.num_processes]
+    # longest first, so each batch pads to prompts of about its own length (a task's prompts can range from a
+    # sentence to a cut passage); the answers go back to prompt order below
+    lengths = [min(len(ids), max_prompt_tokens)
+               for ids in (tokenizer(mine, add_special_tokens=False)["input_ids"] if mine else [])]
+    order = sorted(range(len(mine)), key=lambda i: -lengths[i])
     device = next(model.parameters()).device
     answers: list[str] = []
-    batches = generation_batches(tokenizer, mine, batch_size, max_prompt_tokens, device)
+    batches = generation_batches(tokenizer, [mine[i] for i in order], batch_size, max_prompt_tokens, device)
     with frozen_weights_cast(model, precision):
         for batch in tqdm(batches, total=-(-len(mine) // batch_size), desc=description, leave=False,
                           disable=not state.is_local_main_process):
@@ -37,6 +42,7 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
                                      pad_token_id=tokenizer.pad_token_id)
             answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
             faults.reached("eval-batch")
+    answers = [answer for _, answer in sorted(zip(order, answers, strict=True))]
     if state.num_processes == 1:
         return answers
     indexed = gather_object([(state.process_index + i * state.num_processes, a) for i, a in enumerate(answers)])
