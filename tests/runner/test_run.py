@@ -54,6 +54,12 @@ def test_run_directory_layout(moses_run):
     assert all(r["loss"] > 0 for r in log)
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["00-alive", "01-size"]  # the two newest
     assert saved["capacity"]["num_tasks"] == 2 and saved["metrics"]["OP"] is not None
+    assert saved["split"] == "test"
+    phases = saved["task_seconds"]  # where each task's time went; the first three make up train_seconds
+    assert [list(p) for p in phases] == [["task_start", "training", "task_end", "checkpoint", "evaluation"]] * 2
+    for phase, total in zip(phases, saved["train_seconds"], strict=True):
+        assert min(phase.values()) >= 0 and phase["training"] > 0
+        assert phase["task_start"] + phase["training"] + phase["task_end"] == pytest.approx(total, rel=1e-6)
 
 
 def test_moses_keeps_earlier_tasks_exactly(moses_run):

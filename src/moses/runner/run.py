@@ -268,6 +268,7 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
         set_seed(config.seed + i)
         began = time.perf_counter()
         method.on_task_start(task, i)
+        started = time.perf_counter()
         # what this task trains (MoSEs: its own subexperts, router and gate; the ended tasks' are frozen)
         per_task = results.get("trainable_parameters_per_task", [])[:i] + [method.trainable_parameters()]
         results["trainable_parameters_per_task"] = per_task
@@ -275,17 +276,25 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
         examples = method.training_examples(task, i, tasks)
         log = train_task(model, tokenizer, examples, method, config, accelerator, seed=config.seed + i,
                          description=f"[{label}] train {task.name} ({i + 1}/{len(tasks)})")
+        trained = time.perf_counter()
         method.on_task_end(task, i)
-        results["train_seconds"] = results["train_seconds"][:i] + [time.perf_counter() - began]
+        ended = time.perf_counter()
+        results["train_seconds"] = results["train_seconds"][:i] + [ended - began]
         results["train_log"] = [r for r in results["train_log"] if r["task"] != task.name]
         results["train_log"] += [{"task": task.name, **row} for row in log]
         if main:
             save_checkpoint(method, output, i, task)
+        saved = time.perf_counter()
         columns = list(range(len(tasks))) if config.fwt else list(range(i + 1))
         if config.eval_rows == "diagonal" and i < len(tasks) - 1:
             columns = [i]
         row = evaluate_row(after_stage(i), columns, task_given=True, as_base=still_base(i))
         results["R"] = results["R"][:i] + [row]
+        # where the task's time went: the method's set-up before training (MoSEs: choosing its start), the
+        # steps, its wrap-up after them (MoSEs: recording TaIL prototypes), the checkpoint, the evaluation
+        results["task_seconds"] = results.get("task_seconds", [])[:i] + [{
+            "task_start": started - began, "training": trained - started, "task_end": ended - trained,
+            "checkpoint": saved - ended, "evaluation": time.perf_counter() - saved}]
         if config.tail:
             tail_row = evaluate_row(f"{after_stage(i)}-tail", columns, task_given=False)
             results["R_tail"] = results.get("R_tail", [])[:i] + [tail_row]
@@ -314,7 +323,8 @@ def _run_locked(config: RunConfig, tasks: list[Task], method: Method, resume: bo
 def _forget_tasks_from(results: dict[str, Any], usable: int, names: list[str]) -> None:
     """Results as they were after `usable` tasks (their checkpoint is the newest one that verifies)."""
     results["completed"] = usable
-    for key in ("R", "R_tail", "train_seconds", "capacity_history", "task_id_confusion", "task_id_accuracy"):
+    for key in ("R", "R_tail", "train_seconds", "task_seconds", "capacity_history", "task_id_confusion",
+                "task_id_accuracy"):
         if key in results:
             results[key] = results[key][:usable]
     results["train_log"] = [r for r in results["train_log"] if r["task"] in names[:usable]]
