@@ -137,3 +137,14 @@ def test_the_stored_long14():
     for task in stream:
         prompts = {e["prompt"] for e in task.train}
         assert not prompts & {e["prompt"] for e in task.eval}, task.name
+
+
+@pytest.mark.skipif(not LONG14_DIR.is_dir(), reason=f"LONG-14 data not found at {LONG14_DIR}")
+@pytest.mark.parametrize("name,tasks", [("long14.yaml", 14), ("long14_proxy.yaml", 4)])
+def test_the_shipped_long14_configs_load(name, tasks):
+    from moses.runner.config import RunConfig
+    from moses.runner.run import build_stream
+
+    config = RunConfig.from_file(Path(__file__).resolve().parents[2] / "benchmarks" / name)
+    assert config.stream == "long14" and config.precision == "bf16" and config.split == "test"
+    assert len(build_stream(config)) == tasks
