@@ -46,7 +46,10 @@ def markdown(table: dict[str, dict[str, dict]]) -> str:
                          f"{row['OP']:.1f} [{row['OP_ci'][0]:.1f}, {row['OP_ci'][1]:.1f}]"
                          + (f" {row.get('precision') or '?'}" if mixed else ""))
         best = max((lr for lr in by_lr if by_lr[lr]["OP"] is not None), key=lambda lr: by_lr[lr]["OP"])
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {best} ({len(by_lr)} of {len(lrs)} swept) |")
+        swept = sorted(by_lr, key=float)
+        edge = (" (lowest swept: extend the grid below)" if best == swept[0] else
+                " (highest swept: extend the grid above)" if best == swept[-1] else "")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {best} ({len(by_lr)} of {len(lrs)} swept){edge} |")
     return "\n".join(lines)
 
 

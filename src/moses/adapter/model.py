@@ -176,12 +176,14 @@ class MoSEsModel(nn.Module):
     def choose_own_init(self, loss_of: Callable[[], torch.Tensor]) -> int | None:
         """R2, own_init="best": try each start of the training task's own subexperts (fresh, then a copy of
         each earlier task's), keep the one whose `loss_of()` (e.g. the loss on the task's first training
-        batch) is lowest, ties to the earliest, fresh first; returns its source task (None: fresh)."""
+        batch) is lowest, ties to the earliest, fresh first; returns its source task (None: fresh). The losses
+        are only compared, so they are computed without a graph."""
         task = self.context.training
         losses: dict[int | None, float] = {}
         for source in [None, *range(task or 0)]:
             self.start_own_subexperts(source)
-            losses[source] = float(loss_of())
+            with torch.no_grad():
+                losses[source] = float(loss_of())
         best = min(losses, key=lambda s: losses[s])
         self.start_own_subexperts(best)
         return best
