@@ -141,6 +141,11 @@ def test_learned_keys_infer_the_embedded_tasks(moses_run):
     for task in demo_stream(n_train=8, n_test=8):
         inferred = method.infer_task_names([e["prompt"] for e in task.test])
         assert inferred.count(task.name) >= 0.95 * len(inferred), inferred
+    # batched longest first, the names still come back in prompt order: mixed lengths, interleaved tasks
+    prompts = [e["prompt"] + " item" * (i % 5) for i, pair in enumerate(zip(*(t.test for t in demo_stream(
+        n_train=8, n_test=8)), strict=True)) for e in pair]
+    one_by_one = [method.infer_task_names([p])[0] for p in prompts]
+    assert method.infer_task_names(prompts) == one_by_one and len(set(one_by_one)) == 2
 
 
 def test_options_by_method_reach_each_method_of_a_comparison(tmp_path):

@@ -62,6 +62,15 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def longest_first(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[int]:
+    """The indices of `prompts` from the longest (as cut) to the shortest: batches taken in this order pad each
+    prompt to about its own length, not to the longest of a random batch."""
+    if not prompts:
+        return []
+    lengths = [min(len(ids), max_prompt_tokens) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    return sorted(range(len(prompts)), key=lambda i: -lengths[i])
+
+
 def generation_batches(tokenizer, prompts: list[str], batch_size: int, max_prompt_tokens: int,
                        device: torch.device | str) -> Iterator[dict[str, torch.Tensor]]:
     """`generation_batch` over consecutive slices of `prompts`, moved to `device`."""

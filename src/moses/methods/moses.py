@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from moses.adapter import MoSEsConfig, MoSEsModel, get_moses_model
-from moses.data.collate import generation_batches
+from moses.data.collate import generation_batches, longest_first
 from moses.data.stream import Task
 from moses.errors import ConfigError
 from moses.methods.base import Method
@@ -57,13 +57,18 @@ class MoSEsMethod(Method):
         return self.model.aux_loss()  # the load-balance term (None when its coefficient is 0)
 
     def on_task_end(self, task: Task, index: int) -> None:
+        _, prompts = self._longest_first([e["prompt"] for e in task.train])  # less padding; sums ignore order
         with autocast(self.precision, self.device.type):  # as generation will embed prompts for TaIL
-            for batch in self._prompt_batches([e["prompt"] for e in task.train]):
+            for batch in self._prompt_batches(prompts):
                 self.model.observe_prompts(batch["input_ids"], batch["attention_mask"])
         self.model.end_task()
 
     def _prompt_batches(self, prompts: list[str], size: int = 16) -> Iterator[dict[str, torch.Tensor]]:
         return generation_batches(self.tokenizer, prompts, size, self.max_prompt_tokens, self.device)
+
+    def _longest_first(self, prompts: list[str]) -> tuple[list[int], list[str]]:
+        order = longest_first(self.tokenizer, prompts, self.max_prompt_tokens)
+        return order, [prompts[i] for i in order]
 
     @contextmanager
     def inference_context(self, task_name: str | None) -> Iterator[None]:
@@ -87,12 +92,13 @@ class MoSEsMethod(Method):
     def infer_task_names(self, prompts: list[str]) -> list[str] | None:
         if self.tail == "latest":
             return [self.model.tasks[-1]] * len(prompts)
+        order, ordered = self._longest_first(prompts)
         names = []
-        for batch in self._prompt_batches(prompts):
+        for batch in self._prompt_batches(ordered):
             with autocast(self.precision, self.device.type):
                 inferred = self.model.infer_tasks(**batch, rule=self.tail)
             names += [self.model.tasks[i] for i in inferred.tolist()]
-        return names
+        return [name for _, name in sorted(zip(order, names, strict=True))]
 
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(directory)

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from moses import faults
-from moses.data.collate import answer_token_budget, generation_batches
+from moses.data.collate import answer_token_budget, generation_batches, longest_first
 from moses.data.stream import Task
 from moses.data.trace import sari_source
 from moses.metrics import text
@@ -26,11 +26,7 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
 
     state = PartialState()
     mine = prompts[state.process_index::state.num_processes]
-    # longest first, so each batch pads to prompts of about its own length (a task's prompts can range from a
-    # sentence to a cut passage); the answers go back to prompt order below
-    lengths = [min(len(ids), max_prompt_tokens)
-               for ids in (tokenizer(mine, add_special_tokens=False)["input_ids"] if mine else [])]
-    order = sorted(range(len(mine)), key=lambda i: -lengths[i])
+    order = longest_first(tokenizer, mine, max_prompt_tokens)  # the answers go back to prompt order below
     device = next(model.parameters()).device
     answers: list[str] = []
     batches = generation_batches(tokenizer, [mine[i] for i in order], batch_size, max_prompt_tokens, device)
