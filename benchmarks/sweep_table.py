@@ -87,8 +87,13 @@ def main() -> None:
         name, _, target = alias.partition("=")
         method, _, lr = target.partition("@")
         aliases[name] = (method, lr)
-    table = sweep_rows(json.loads(args.compare_json.read_text()), args.plain_lr, aliases)
+    rows = json.loads(args.compare_json.read_text())
+    table = sweep_rows(rows, args.plain_lr, aliases)
     print(markdown(table))
+    seconds = sum(r.get("total_seconds") or 0.0 for r in rows)
+    splits = sorted({r.get("split", "test") for r in rows})
+    print(f"\nScored on the {' and '.join(splits)} split; {len(rows)} runs, {seconds:,.0f} s ({seconds / 3600:.1f} h) "
+          "of training and evaluation in all.")
     if args.plot:
         plot(table, args.plot)
 

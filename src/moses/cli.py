@@ -54,11 +54,14 @@ def _typed(kind):
     return parse
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _list_of(kind):
+    """An argparse type: comma-separated values of `kind`."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), resume: bool = True) -> None:
@@ -153,6 +156,16 @@ def _compare(args: argparse.Namespace) -> int:
 
     config = _run_config(args, output="runs/compare")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.seeds:
+        from moses.report.seeds import compare_seeds, seeds_markdown
+
+        seeds = args.seeds
+        rows = compare_seeds(config, methods, seeds, resume=not args.fresh, reference=args.reference,
+                             jobs=args.jobs, lr_grid=args.lr_grid)
+        print(seeds_markdown(rows, seeds))
+        print(f"written to {config.output}/compare_seeds.md and .json; each seed's comparison in "
+              f"{config.output}/seed-<s>/")
+        return 0
     rows = compare(config, methods, resume=not args.fresh, reference=args.reference, jobs=args.jobs,
                    lr_grid=args.lr_grid)
     print(comparison_markdown(rows))
@@ -263,9 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--jobs", type=int, default=1,
                          help="methods run at a time, each in its own process with its share of the CPU threads "
                               "(default 1; the runs' seconds then include their contention)")
-    compare.add_argument("--lr-grid", type=_float_list, metavar="LR,LR,...",
+    compare.add_argument("--lr-grid", type=_list_of(float), metavar="LR,LR,...",
                          help="a learning-rate sweep: every method (or variant) runs at each lr, as variants named "
                               "<name>-lr<lr> (e.g. moses-lr1e-3); run it with --split eval")
+    compare.add_argument("--seeds", type=_list_of(int), metavar="S,S,...",
+                         help="run the comparison at each training seed (into <output>/seed-<s>/) and write "
+                              "compare_seeds.md, whose intervals of the difference to --reference hold the "
+                              "spread between seeds")
     _add_run_flags(compare, skip=("method",), resume=False)
     compare.set_defaults(func=_compare)
 

@@ -166,3 +166,33 @@ def test_lr_tags():
 
     assert [lr_tag(x) for x in (1e-4, 3e-4, 1e-3, 0.0025, 0.01, 0.1)] == [
         "1e-4", "3e-4", "1e-3", "2.5e-3", "1e-2", "1e-1"]
+
+
+def test_compare_seeds_summarises_every_seed_with_seed_aware_intervals(tiny_model_dir, tmp_path, capsys):
+    output = tmp_path / "seeds"
+    args = ["compare", "--methods", "lora-per-task,seq-lora", "--reference", "lora-per-task", "--seeds", "0,1",
+            "--model", tiny_model_dir, "--n-train", "8", "--n-test", "8", "--epochs", "1", "--batch-size", "4",
+            "--device", "cpu", "--precision", "fp32", "--output", str(output), "--lr", "0.05"]
+    assert main(args) == 0
+    assert "| method | OP seed 0 | OP seed 1 | OP mean | - lora-per-task |" in capsys.readouterr().out
+    rows = {r["method"]: r for r in json.loads((output / "compare_seeds.json").read_text())}
+    per_seed = {s: {r["method"]: r for r in json.loads((output / f"seed-{s}" / "compare.json").read_text())}
+                for s in (0, 1)}
+    assert json.loads((output / "seed-1" / "seq-lora" / "config.json").read_text())["seed"] == 1
+    seq = rows["seq-lora"]
+    assert seq["OP_per_seed"] == [per_seed[s]["seq-lora"]["OP"] for s in (0, 1)]
+    differences = [per_seed[s]["seq-lora"]["OP"] - per_seed[s]["lora-per-task"]["OP"] for s in (0, 1)]
+    assert seq["differences"] == pytest.approx(differences)
+    assert seq["difference"] == pytest.approx(sum(differences) / 2)
+    for key in ("pooled_ci", "t_ci", "seeds_examples_ci"):
+        low, high = seq[key]
+        assert low <= seq["difference"] <= high, key
+    assert rows["lora-per-task"]["t_ci"] is None  # the reference against itself
+    assert "t over seeds 95% CI" in (output / "compare_seeds.md").read_text()
+
+
+def test_compare_seeds_needs_two_different_seeds(tiny_model_dir, tmp_path, capsys):
+    args = ["compare", "--methods", "lora-per-task", "--seeds", "3", "--model", tiny_model_dir,
+            "--output", str(tmp_path / "c")]
+    assert main(args) == 2
+    assert "--seeds 3: at least two different seeds" in capsys.readouterr().err
