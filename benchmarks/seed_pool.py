@@ -22,6 +22,7 @@ from common import results_name, write_results
 
 from moses.metrics.bootstrap import paired_difference_summary, seed_t_interval, seeds_and_examples_interval
 from moses.report.compare import final_scores
+from moses.report.seeds import seed_mean
 from moses.runner.run import read_results
 
 
@@ -44,11 +45,6 @@ def load(run: Path, tasks: list[str], parser: argparse.ArgumentParser) -> list[l
 
 def op(scores) -> float:
     return float(np.mean([np.mean(task) for task in scores]))
-
-
-def seed_mean(runs: list[list[list[float]]]) -> list[list[float]]:
-    """[task][example] scores averaged over the runs (the same test examples in each)."""
-    return [np.mean([run[t] for run in runs], axis=0).tolist() for t in range(len(runs[0]))]
 
 
 def main() -> None:

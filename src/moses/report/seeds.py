@@ -55,13 +55,13 @@ def seed_row(method: str, reference: str, seeds: list[int], per_seed: dict, scor
         return row
     differences = [per_seed[s][method]["OP"] - per_seed[s][reference]["OP"] for s in seeds]
     row.update(difference=float(np.mean(differences)), differences=differences,
-               pooled_ci=list(paired_difference_interval(_seed_mean(mine), _seed_mean(theirs), RESAMPLES, SEED)),
+               pooled_ci=list(paired_difference_interval(seed_mean(mine), seed_mean(theirs), RESAMPLES, SEED)),
                t_ci=list(seed_t_interval(differences)),
                seeds_examples_ci=list(seeds_and_examples_interval(mine, theirs, RESAMPLES, SEED)))
     return row
 
 
-def _seed_mean(runs: list) -> list[list[float]]:
+def seed_mean(runs: list) -> list[list[float]]:
     """[task][example] scores averaged over the runs (the same test examples in each)."""
     return [np.mean([run[t] for run in runs], axis=0).tolist() for t in range(len(runs[0]))]
 
