@@ -41,6 +41,7 @@ def test_compare_variants_intervals_and_one_zero_shot_row(tiny_model_dir, tmp_pa
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("zero-shot row reused") == 2  # evaluated once, by the first run
+    assert "run 1 of 3: lora-per-task" in out and "run 3 of 3: seq-lora (" in out  # where a long sweep is
     rows = {r["method"]: r for r in json.loads((output / "compare.json").read_text())}
     assert json.loads((output / "lpt-fast" / "config.json").read_text())["method_options"] == {"lr": 0.05}
     for name, row in rows.items():

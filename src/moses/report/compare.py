@@ -289,7 +289,10 @@ def _compare_locked(config: RunConfig, methods: list[str], resume: bool, echo, r
             zero_shot_from = Path(first.output) if results.get("zero_shot") is not None else None
         _run_side_by_side(pending, zero_shot_from, jobs, echo)
     else:
-        for method, method_config, resumed in pending:
+        for number, (method, method_config, resumed) in enumerate(pending, 1):
+            elapsed = time.perf_counter() - began
+            echo(f"run {number} of {len(pending)}: {method}"
+                 + (f" ({elapsed / 60:,.0f} min so far)" if number > 1 else ""))
             results = run(method_config, resume=resumed, echo=echo, zero_shot_from=zero_shot_from, label=method)
             if results.get("zero_shot") is not None and zero_shot_from is None:
                 zero_shot_from = Path(method_config.output)
