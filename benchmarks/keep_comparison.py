@@ -1,6 +1,7 @@
-"""Copy a `moses compare` folder into benchmarks/results/ lean: compare.{json,md,png}, and per run its
-config.json, results.json and the final stage of its predictions.jsonl (the answers every published table
-and paired interval reads). Checkpoints and earlier stages stay behind (their scores are in results.json).
+"""Copy a `moses compare` folder into benchmarks/results/ lean: compare.{json,md,png}, and per finished run
+its config.json, results.json and the final stage of its predictions.jsonl (the answers every published
+table and paired interval reads). Checkpoints, earlier stages (their scores are in results.json) and
+unfinished runs stay behind.
 
     python benchmarks/keep_comparison.py runs/long14-sweep --out long14/sweep
 """
@@ -28,6 +29,11 @@ def keep_run(run: Path, dest: Path) -> None:
     (dest / PREDICTIONS_FILE).write_text("\n".join(lines) + "\n")
 
 
+def finished(run: Path) -> bool:
+    results = json.loads((run / "results.json").read_text())
+    return results.get("completed") == len(results.get("tasks", []))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("source", type=Path, help="a moses compare --output folder")
@@ -38,7 +44,7 @@ def main() -> None:
     for name in ("compare.json", "compare.md", "compare.png"):
         if (args.source / name).is_file():
             shutil.copyfile(args.source / name, dest / name)
-    runs = [p for p in sorted(args.source.iterdir()) if (p / "results.json").is_file()]
+    runs = [p for p in sorted(args.source.iterdir()) if (p / "results.json").is_file() and finished(p)]
     for run in runs:
         keep_run(run, dest / run.name)
     print(f"{len(runs)} run(s) kept in {dest}")

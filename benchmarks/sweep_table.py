@@ -32,7 +32,7 @@ def sweep_rows(rows: list[dict], plain_lr: str, aliases: dict[str, tuple[str, st
 def markdown(table: dict[str, dict[str, dict]]) -> str:
     """One row per swept method; where the runs were made in more than one precision (machines with and
     without native bf16), each cell names its own."""
-    lrs = sorted({lr for by_lr in table.values() for lr in by_lr}, key=float)
+    lrs = sorted({lr for by_lr in table.values() if len(by_lr) > 1 for lr in by_lr}, key=float)
     mixed = len({row.get("precision") for by_lr in table.values() for row in by_lr.values()}) > 1
     lines = ["| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " | best lr |",
              "|---" * (len(lrs) + 2) + "|"]
