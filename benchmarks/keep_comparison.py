@@ -18,8 +18,11 @@ from common import RESULTS, results_name
 from moses.runner.predictions import PREDICTIONS_FILE, after_stage
 
 
-def keep_run(run: Path, dest: Path) -> None:
+def keep_run(run: Path, dest: Path) -> bool:
+    """Keep `run` in `dest` when it has finished; whether it had."""
     results = json.loads((run / "results.json").read_text())
+    if results.get("completed") != len(results.get("tasks", [])):
+        return False
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "results.json"):
         shutil.copyfile(run / name, dest / name)
@@ -27,11 +30,7 @@ def keep_run(run: Path, dest: Path) -> None:
     lines = [line for line in (run / PREDICTIONS_FILE).read_text().splitlines()
              if line.strip() and json.loads(line)["stage"] == final]
     (dest / PREDICTIONS_FILE).write_text("\n".join(lines) + "\n")
-
-
-def finished(run: Path) -> bool:
-    results = json.loads((run / "results.json").read_text())
-    return results.get("completed") == len(results.get("tasks", []))
+    return True
 
 
 def main() -> None:
@@ -44,10 +43,9 @@ def main() -> None:
     for name in ("compare.json", "compare.md", "compare.png"):
         if (args.source / name).is_file():
             shutil.copyfile(args.source / name, dest / name)
-    runs = [p for p in sorted(args.source.iterdir()) if (p / "results.json").is_file() and finished(p)]
-    for run in runs:
-        keep_run(run, dest / run.name)
-    print(f"{len(runs)} run(s) kept in {dest}")
+    kept = sum(keep_run(run, dest / run.name) for run in sorted(args.source.iterdir())
+               if (run / "results.json").is_file())
+    print(f"{kept} run(s) kept in {dest}")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from common import results_name, write_results
 
-from moses.metrics.bootstrap import paired_difference_summary, seed_t_interval, seeds_and_examples_interval
+from moses.metrics.bootstrap import paired_difference_summary
 from moses.report.compare import final_scores
-from moses.report.seeds import seed_mean
+from moses.report.seeds import seed_intervals, seed_mean
 from moses.runner.run import read_results
 
 
@@ -79,10 +79,10 @@ def main() -> None:
                                 "per_task_difference": per_task})
     if len(runs) >= 2:
         differences = [op(a) - op(b) for a, b in zip(mine, theirs, strict=True)]
-        mean = float(np.mean(differences))
-        for label, (low, high) in (("t-interval over the per-seed differences", seed_t_interval(differences)),
-                                   ("bootstrap over seeds and test examples",
-                                    seeds_and_examples_interval(mine, theirs))):
+        intervals = seed_intervals(mine, theirs, differences)
+        mean = intervals["difference"]
+        for label, (low, high) in (("t-interval over the per-seed differences", intervals["t_ci"]),
+                                   ("bootstrap over seeds and test examples", intervals["seeds_examples_ci"])):
             rows.append({"runs": label, name: "", ref_name: "", "difference": f"{mean:+.1f}",
                          "paired 95% CI": f"[{low:.1f}, {high:.1f}]", "resamples above 0": "", "per task": ""})
             payload["rows"].append({"runs": label, "difference": mean, "ci": [low, high],

@@ -110,10 +110,9 @@ def seeds_and_examples_interval(scores: Sequence[TaskScores], reference: Sequenc
     for run in (*scores, *reference):
         if _sizes(run) != sizes:
             raise ValueError(f"every run needs the same test examples: {sizes} vs {_sizes(run)}")
-    rng = np.random.default_rng(seed)
-    per_seed = np.stack([_op_samples(a, _resampled_indices(sizes, resamples, seed)) -
-                         _op_samples(b, _resampled_indices(sizes, resamples, seed))
+    indices = _resampled_indices(sizes, resamples, seed)
+    per_seed = np.stack([_op_samples(a, indices) - _op_samples(b, indices)
                          for a, b in zip(scores, reference, strict=True)])  # [seeds, resamples]
-    picked = rng.integers(0, len(scores), size=(resamples, len(scores)))
+    picked = np.random.default_rng(seed).integers(0, len(scores), size=(resamples, len(scores)))
     samples = per_seed[picked, np.arange(resamples)[:, None]].mean(axis=1)
     return percentile_interval(samples, level)

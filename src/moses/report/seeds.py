@@ -54,11 +54,17 @@ def seed_row(method: str, reference: str, seeds: list[int], per_seed: dict, scor
     if method == reference or any(x is None for x in (*mine, *theirs)):
         return row
     differences = [per_seed[s][method]["OP"] - per_seed[s][reference]["OP"] for s in seeds]
-    row.update(difference=float(np.mean(differences)), differences=differences,
-               pooled_ci=list(paired_difference_interval(seed_mean(mine), seed_mean(theirs), RESAMPLES, SEED)),
-               t_ci=list(seed_t_interval(differences)),
-               seeds_examples_ci=list(seeds_and_examples_interval(mine, theirs, RESAMPLES, SEED)))
+    row.update(seed_intervals(mine, theirs, differences))
     return row
+
+
+def seed_intervals(mine: list, theirs: list, differences: list[float]) -> dict[str, Any]:
+    """The difference of two methods run at the same seeds (`mine[i]`, `theirs[i]`: [task][example] scores at
+    seed i; `differences[i]`: their OP difference): its mean and the three 95% intervals of the summary."""
+    return {"difference": float(np.mean(differences)), "differences": differences,
+            "pooled_ci": list(paired_difference_interval(seed_mean(mine), seed_mean(theirs), RESAMPLES, SEED)),
+            "t_ci": list(seed_t_interval(differences)),
+            "seeds_examples_ci": list(seeds_and_examples_interval(mine, theirs, RESAMPLES, SEED))}
 
 
 def seed_mean(runs: list) -> list[list[float]]:

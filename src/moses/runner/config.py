@@ -7,13 +7,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from moses.data.folders import SPLITS  # the split a run is scored on: validation chooses, test reports
 from moses.errors import ConfigError
 from moses.io import atomic_write_text, read_mapping
 from moses.models import DEFAULT_MODEL
 from moses.precision import PRECISIONS
 
 STREAMS = ("demo", "trace", "long14", "manifest")
-SPLITS = ("test", "eval")  # the split a run is scored on: validation chooses, test reports
 
 
 @dataclass
