@@ -17,7 +17,7 @@ import os
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -348,20 +348,35 @@ def confusion_accuracy(confusion: dict[str, dict[str, int]]) -> float:
     return 100.0 * sum(row.get(name, 0) for name, row in confusion.items()) / total
 
 
-def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None) -> dict[str, Any]:
-    """Scores of a run's last checkpoint on its trained tasks, with the task id given (til) or not (tail);
-    written to <output>/eval-<mode>.json, the answers to <output>/predictions.jsonl as stage eval-<mode>."""
-    config_path = output / CONFIG_FILE
-    if not config_path.is_file():
+@dataclass
+class LoadedRun:
+    """A run's last checkpoint loaded for inference: its config, stream, method, model and trained tasks."""
+
+    config: RunConfig
+    stream: list[Task]
+    completed: int
+    method: Method
+    model: Any  # the method's model (a peft or MoSEs wrapper of the base model)
+    tokenizer: Any
+    precision: str
+
+    @property
+    def trained(self) -> dict[str, Task]:
+        return {t.name: t for t in self.stream[: self.completed]}
+
+
+def load_run(output: Path, tasks: list[str] | None = None) -> LoadedRun:
+    """Load the last good checkpoint of the run in `output` (for `moses eval` and analyses of a finished run);
+    `tasks`, when given, must all be trained in it (checked before the model loads)."""
+    if not (output / CONFIG_FILE).is_file():
         raise ConfigError(f"{output}: no {CONFIG_FILE} (not a run directory)")
     config = read_config(output)
     results = read_results(output)
     completed = results["completed"] if results else 0
     stream = build_stream(config)
-    last = final_checkpoint(output, stream, completed)  # before any model is loaded
-    trained = {t.name: t for t in stream[:completed]}
-    chosen = tasks or list(trained)
-    unknown = [n for n in chosen if n not in trained]
+    last = final_checkpoint(output, stream, completed)
+    trained = [t.name for t in stream[:completed]]
+    unknown = [n for n in tasks or [] if n not in trained]
     if unknown:
         raise ConfigError(f"task(s) {', '.join(unknown)} not trained in this run (trained: {', '.join(trained)})")
     method = _method(config)
@@ -369,15 +384,25 @@ def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None
     method.precision = precision
     base, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
     model = method.load(base, tokenizer, last)
+    return LoadedRun(config, stream, completed, method, model, tokenizer, precision)
+
+
+def evaluate_run(output: Path, mode: str = "til", tasks: list[str] | None = None) -> dict[str, Any]:
+    """Scores of a run's last checkpoint on its trained tasks, with the task id given (til) or not (tail);
+    written to <output>/eval-<mode>.json, the answers to <output>/predictions.jsonl as stage eval-<mode>."""
+    loaded = load_run(output, tasks)
+    method, config, trained = loaded.method, loaded.config, loaded.trained
+    chosen = tasks or list(trained)
     scores, records = {}, []
     for name in chosen:
         with method.inference_context(name if mode == "til" else None):
-            scores[name], task_records = evaluate_task(model, tokenizer, trained[name], config.eval_batch_size,
-                                                       config.max_prompt_tokens, precision)
+            scores[name], task_records = evaluate_task(loaded.model, loaded.tokenizer, trained[name],
+                                                       config.eval_batch_size, config.max_prompt_tokens,
+                                                       loaded.precision)
         records += task_records
     path = output / f"eval-{mode}.json"
-    summary = {"mode": mode, "precision": precision, "after_task": stream[completed - 1].name, "scores": scores,
-               "mean": sum(scores.values()) / len(scores)}
+    summary = {"mode": mode, "precision": loaded.precision, "after_task": loaded.stream[loaded.completed - 1].name,
+               "scores": scores, "mean": sum(scores.values()) / len(scores)}
     confusion = task_id_confusion(method, [trained[n] for n in chosen], list(trained)) if mode == "tail" else None
     if confusion:
         summary["task_id_accuracy"] = confusion_accuracy(confusion)
