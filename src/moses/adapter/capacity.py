@@ -34,15 +34,19 @@ def _dedicated_usage(layers: Sequence[MoSEsLayer], tasks: TaskList) -> dict[str,
     for t in range(ended):
         source = tasks.own_init_sources[t] if t < len(tasks.own_init_sources) else None
         gates = [abs(float(la.transfer_gates[t])) for la in layers]
+        read = tasks.read_from[t] if t < len(tasks.read_from) else None
         per_task.append({"name": tasks.names[t], "active_entries": sum(reuse[t]), "owned_entries": owned[t],
                          "reused_entries": sum(reuse[t]) - owned[t], "mask_moved": 0.0,
                          "transfer_gate_mean_abs": sum(gates) / len(gates),
-                         "own_init_from": None if source is None else tasks.names[source]})
+                         "own_init_from": None if source is None else tasks.names[source],
+                         "own_subexperts": layers[0].own_A[t].shape[0],
+                         "read_from": None if read is None else tasks.names[read]})
     router_bytes = sum(p.numel() * p.element_size() for la in layers
                        for p in [*la.routers[1:ended], *la.transfer_gates[1:ended]])
     used = sum(owned)
     subexpert_bytes = sum(p.numel() * p.element_size() for la in layers for p in [*la.own_A[:ended], *la.own_B[:ended]])
     return {"pool_entries": used, "used_entries": used, "used_fraction": 1.0 if used else 0.0, "tasks": per_task,
+            "subexperts_per_projection": sum(layers[0].own_counts()[:ended]),
             "reuse_matrix": reuse, "pool_bytes": subexpert_bytes, "mask_bytes_raw": 0, "mask_bytes_compressed": 0,
             "router_bytes": router_bytes, "stored_bytes_raw": subexpert_bytes + router_bytes,
             "stored_bytes_compressed": subexpert_bytes + router_bytes}

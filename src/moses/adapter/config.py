@@ -49,7 +49,15 @@ class MoSEsConfig:
     `router_input="subexperts"` routes on the subexpert features A x the task reads instead of the hidden state
     x (d_in values), so a router has (borrowable subexperts) x (read subexperts * r) numbers, not x d_in.
     `router_init="previous"` starts a new task's router as a copy of the previous task's (R2: in the corner
-    they share). `own_init="previous"` (R2) starts a task's own subexperts as copies of the previous task's own
+    they share). `router_init="best"` (R2, routing="task") chooses what a task borrows before it trains: among
+    borrowing nothing and reading each earlier task's own subexperts (router logits on them, transfer gate 1),
+    the start with the lowest loss on the task's first training examples (`MoSEsModel.choose_borrowed`); its own
+    subexperts then start fresh and learn what the borrowed ones miss. `transfer_init` is the transfer gate's
+    starting value otherwise (0: a task starts as the base model plus its own subexperts).
+    `growth="loss"` (with router_init="best") adds a task's own subexperts only when borrowing does not
+    suffice: when the best borrowed start's first-batch loss (mean per answer token) is above
+    `growth_threshold`; otherwise the task trains only its router and transfer gate and stores nothing else.
+    `own_init="previous"` (R2) starts a task's own subexperts as copies of the previous task's own
     ones instead of fresh (B = 0): a warm start, as sequential fine-tuning has, without touching the originals.
     `own_init="best"` chooses per task, among fresh and a copy of each earlier task's own subexperts, the start
     with the lowest loss on the task's first training examples (forward passes only;
@@ -80,14 +88,17 @@ class MoSEsConfig:
     new_subexperts: int = 1
     router_init: str = "random"
     transfer_lr_scale: float = 10.0
+    transfer_init: float = 0.0
+    growth: str = "always"
+    growth_threshold: float = 0.5
     own_init: str | None = None  # None means "best" under ownership="subexperts", "fresh" under "entries"
     fresh_init: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.alpha is None:
             self.alpha = float(2 * self.rank)
-        if self.own_init is None:
-            self.own_init = "best" if self.ownership == "subexperts" else "fresh"
+        if self.own_init is None:  # reading the best earlier subexperts replaces copying them
+            self.own_init = "best" if self.ownership == "subexperts" and self.router_init != "best" else "fresh"
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         self.validate()
@@ -143,8 +154,22 @@ class MoSEsConfig:
             raise bad("fresh_init", "must be 'uniform' or 'gradient'")
         if self.fresh_init != "uniform" and self.ownership != "subexperts":
             raise bad("fresh_init", "needs ownership='subexperts' (a fresh start of a task's own subexperts)")
-        if self.router_init not in ("random", "previous"):
-            raise bad("router_init", "must be 'random' or 'previous'")
+        if self.router_init not in ("random", "previous", "best"):
+            raise bad("router_init", "must be 'random', 'previous' or 'best'")
+        if self.router_init == "best" and (self.ownership != "subexperts" or self.routing != "task"):
+            raise bad("router_init", "'best' needs ownership='subexperts' and routing='task' (a logit preference "
+                      "per borrowed subexpert)")
+        if self.router_init == "best" and self.own_init != "fresh":
+            raise bad("own_init", "must be 'fresh' with router_init='best' (the chosen subexperts are read, not "
+                      "copied)")
+        if not isinstance(self.transfer_init, (int, float)) or isinstance(self.transfer_init, bool):
+            raise bad("transfer_init", "must be a number")
+        if self.growth not in ("always", "loss"):
+            raise bad("growth", "must be 'always' or 'loss'")
+        if self.growth == "loss" and self.router_init != "best":
+            raise bad("growth", "'loss' needs router_init='best' (it decides from the borrowed start's loss)")
+        if not isinstance(self.growth_threshold, (int, float)) or self.growth_threshold < 0:
+            raise bad("growth_threshold", "must be >= 0")
         if self.ownership == "subexperts" and self.load_balance_coef > 0:
             raise bad("load_balance_coef", "must be 0 with ownership='subexperts' (own subexperts are always on)")
 

@@ -1,10 +1,12 @@
 """Reading R2, "dedicated subexperts" (ownership="subexperts", the default): the math of `MoSEsLayer` that
 only this reading has.
 
-Task t owns n = new_subexperts whole subexperts, kept as parameters of its own (`own_A[t]` [n, r, d_in],
-`own_B[t]` [n, d_out, r]), as peft keeps one parameter set per adapter name. It reads its own subexperts
-(gate 1) and every earlier task's (gate: its router's top-k among them, times its transfer gate, 0 at the
-start). Its router `routers[t]` scores only the t*n subexperts it may borrow, so task 0's router is empty.
+Task t owns n_t whole subexperts, kept as parameters of its own (`own_A[t]` [n_t, r, d_in], `own_B[t]`
+[n_t, d_out, r]), as peft keeps one parameter set per adapter name: n_t = new_subexperts when it grows, 0 when
+it only borrows (`drop_own_subexperts`; task 0 always grows). It reads its own subexperts (gate 1) and every
+earlier task's (gate: its router's top-k among them, times its transfer gate). Its router `routers[t]` scores
+only the subexperts it may borrow, those of tasks 0..t-1, so task 0's router is empty. Subexperts are numbered
+in task order, so task t reads a prefix of them: `borrowable(t)` borrowed, then its own.
 
 Isolation is structural: when a task ends its parameters get requires_grad=False and their gradients are
 dropped, so no optimizer, weight decay or optimizer state can move them, and nothing later writes to them.
@@ -36,19 +38,31 @@ class DedicatedSubexperts:
         self._frozen_flat: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     # ---- tasks ----
+    def own_counts(self) -> list[int]:
+        """How many subexperts each task owns (new_subexperts, or 0 for a task that only borrows)."""
+        return [a.shape[0] for a in self.own_A]
+
+    def borrowable(self, task: int) -> int:
+        """How many subexperts task `task` may borrow: every earlier task's own."""
+        return sum(a.shape[0] for a in self.own_A[:task])
+
+    def readable_subexperts(self, task: int) -> int:
+        """The subexperts task `task` reads: the borrowable ones, then its own (a prefix of the numbering)."""
+        return self.borrowable(task) + self.own_A[task].shape[0]
+
     def add_dedicated_task(self, device: torch.device) -> None:
         """E1 for task t's own subexperts (A kaiming-uniform as peft's LoRA A, B = 0: delta 0), its router over
-        the t*n earlier subexperts and its transfer gate (0)."""
+        the earlier tasks' subexperts and its transfer gate (`transfer_init`, 0 by default)."""
         task, n, r = len(self.own_A), self.new_subexperts, self.rank
         bound = 1 / math.sqrt(self.in_features)
         self.own_A.append(nn.Parameter(torch.empty(n, r, self.in_features, device=device).uniform_(-bound, bound)))
         self.own_B.append(nn.Parameter(torch.zeros(n, self.out_features, r, device=device)))
         self._fresh_own_A = (task, self.own_A[task].detach().clone())
-        borrow = task * n
+        borrow = self.borrowable(task)
         if self.routing == "task":
             router = torch.randn(borrow, device=device) * 0.02
         else:
-            fan_in = (task + 1) * n * r if self.router_inputs else self.in_features
+            fan_in = (borrow + n) * r if self.router_inputs else self.in_features
             # the scale of the router over the nominal pool of num_subexperts, as the pool layout drew it
             scale = 1 / math.sqrt(self.router_inputs or self.in_features)
             router = torch.empty(borrow, fan_in, device=device).uniform_(-scale, scale)
@@ -58,7 +72,40 @@ class DedicatedSubexperts:
         self.routers.append(nn.Parameter(router, requires_grad=borrow > 0))
         # task 0 borrows nothing: its (empty) router and gate are never read, and a trainable parameter
         # without gradients stops DistributedDataParallel
-        self.transfer_gates.append(nn.Parameter(torch.zeros((), device=device), requires_grad=task > 0))
+        self.transfer_gates.append(nn.Parameter(torch.full((), self.transfer_init if task else 0.0, device=device),
+                                                requires_grad=task > 0))
+
+    def drop_own_subexperts(self, task: int) -> None:
+        """Task `task` (the one being trained, not the first) adds no subexperts: it only borrows, through its
+        router and transfer gate, and stores nothing else. A router that reads subexpert features loses the
+        columns of the dropped ones."""
+        if task == 0 or task != len(self.own_A) - 1 or task < self.num_ended:
+            raise TaskError(f"task {task}: only the task being trained, and not the first, can borrow only")
+        r, d_in, d_out = self.rank, self.in_features, self.out_features
+        device = self.own_A[task].device
+        self.own_A[task] = nn.Parameter(torch.empty(0, r, d_in, device=device), requires_grad=False)
+        self.own_B[task] = nn.Parameter(torch.empty(0, d_out, r, device=device), requires_grad=False)
+        self._fresh_own_A = None
+        if self.routing == "token" and self.router_inputs:
+            self.routers[task] = nn.Parameter(self.routers[task].detach()[:, : self.borrowable(task) * r].clone())
+
+    def prefer_borrowed(self, task: int, source: int | None, logit: float) -> None:
+        """router_init="best" (task routing): task `task` starts by reading task `source`'s subexperts, its
+        router's logits `logit` on them and 0 elsewhere, its transfer gate 1 (or borrowing nothing when `source`
+        is None: gate 0, logits as drawn)."""
+        if self.routing != "task":
+            raise TaskError("prefer_borrowed needs routing='task' (a token router has no input-free preference)")
+        counts = self.own_counts()
+        with torch.no_grad():
+            if source is None:
+                self.transfer_gates[task].zero_()
+                return
+            if not 0 <= source < task or counts[source] == 0:
+                raise TaskError(f"task {task} can read an earlier task's own subexperts, not task {source}'s")
+            start = sum(counts[:source])
+            self.routers[task].zero_()
+            self.routers[task][start: start + counts[source]] = logit
+            self.transfer_gates[task].fill_(1.0)
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         """Everything task `task` owns in this layer: its subexperts, router and transfer gate."""
@@ -103,14 +150,14 @@ class DedicatedSubexperts:
         ended = self.num_ended
         key = (ended, tuple((self.own_A[t]._version, self.own_B[t]._version) for t in range(ended)))
         if self._frozen_flat is None or self._frozen_flat[0] != key:
-            n_r = ended * self.new_subexperts * self.rank
+            n_r = self.borrowable(ended) * self.rank
             a = (torch.cat([self.own_A[t].detach() for t in range(ended)]).reshape(n_r, self.in_features) if ended
                  else self.own_A[0].new_zeros(0, self.in_features))
             b_rows = (torch.cat([self.own_B[t].detach().transpose(1, 2) for t in range(ended)]).reshape(
                 n_r, self.out_features) if ended else self.own_B[0].new_zeros(0, self.out_features))
             self._frozen_flat = (key, a, b_rows)  # B as (n_r, d_out) rows, so a prefix of it is a view
         _, a, b_rows = self._frozen_flat
-        width = tasks * self.new_subexperts * self.rank
+        width = self.borrowable(tasks) * self.rank
         return a[:width], b_rows[:width].T
 
     def dedicated_flat(self, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,9 +173,6 @@ class DedicatedSubexperts:
         own_a, own_b = self.flatten(self.own_A[live], self.own_B[live])
         return torch.cat([a, own_a]), torch.cat([b, own_b], dim=1)
 
-    def readable_subexperts(self, task: int) -> int:
-        return (task + 1) * self.new_subexperts
-
     # ---- routing ----
     def dedicated_logits(self, features: torch.Tensor, task: int) -> torch.Tensor:
         """R2 router logits over the task*n subexperts the task may borrow, from its readable subexpert features
@@ -143,9 +187,9 @@ class DedicatedSubexperts:
             return F.linear(features.float(), router)
 
     def dedicated_gates(self, logits: torch.Tensor, task: int) -> torch.Tensor:
-        """R2 gates [..., (task+1)*n] over the subexperts the task reads: on the earlier tasks' ones, the softmax
+        """R2 gates [..., readable] over the subexperts the task reads: on the earlier tasks' ones, the softmax
         over the top-k router logits among them times the task's transfer gate (0 at the start); 1 on its own."""
-        n = self.new_subexperts
+        n = self.own_A[task].shape[0]
         if task == 0:
             return logits.new_ones(n).expand(*logits.shape[:-1], n)
         top = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1)
@@ -171,7 +215,7 @@ class DedicatedSubexperts:
         if not tasks:
             return torch.zeros(*x.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
         a, b = self.dedicated_flat(max(tasks) + 1)
-        width = (max(tasks) + 1) * self.new_subexperts
+        width = self.readable_subexperts(max(tasks))
         x = self.adapter_input(x, a.dtype)
         down = F.linear(x, a)
         if self.routing == "token" and not torch.is_grad_enabled():
@@ -208,11 +252,11 @@ class DedicatedSubexperts:
     def _batch_plan(self, sample_tasks: torch.Tensor, width: int, fan_in: int, device: torch.device) -> tuple:
         """Per sample of a mixed batch: its router as [fan_in, width] (zero where its task may not read), its
         0/-inf borrow mask and own one-hot [width], and its transfer gate [1]."""
-        key = (tuple(sample_tasks.tolist()), width, fan_in, device,
+        key = (tuple(sample_tasks.tolist()), width, fan_in, device, tuple(self.own_counts()),
                tuple(r._version for r in self.routers), tuple(g._version for g in self.transfer_gates))
         if self._plan is not None and self._plan[0] == key:
             return self._plan[1]
-        batch, n = len(key[0]), self.new_subexperts
+        batch, counts = len(key[0]), self.own_counts()
         routers = torch.zeros(batch, fan_in, width, device=device)
         closed = torch.zeros(batch, width, device=device)
         own = torch.zeros(batch, width, device=device)
@@ -220,11 +264,12 @@ class DedicatedSubexperts:
         for row, task in enumerate(key[0]):
             if task < 0:  # no adapter: every gate stays 0
                 continue
-            own[row, task * n: (task + 1) * n] = 1.0
-            closed[row, task * n:] = float("-inf")
+            start = sum(counts[:task])
+            own[row, start: start + counts[task]] = 1.0
+            closed[row, start:] = float("-inf")
             if task:  # task 0 borrows nothing: its transfer gate stays 0 (and its logits finite)
                 router = self.routers[task].detach().float()
-                routers[row, : router.shape[1], : task * n] = router.T
+                routers[row, : router.shape[1], :start] = router.T
                 transfer[row] = self.transfer_gates[task].detach().float()
             else:
                 closed[row, :] = 0.0

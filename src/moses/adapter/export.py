@@ -39,8 +39,8 @@ def exact_gates(layer: MoSEsLayer, task: int) -> torch.Tensor | None:
     if layer.routing == "task":
         return layer.task_gates(task).float()
     if layer.dedicated and (task == 0 or float(layer.transfer_gates[task]) == 0.0):
-        n = layer.new_subexperts
-        return torch.cat([torch.zeros(task * n), torch.ones(n)]).to(layer.own_A[task].device)
+        borrowed, own = layer.borrowable(task), layer.own_A[task].shape[0]
+        return torch.cat([torch.zeros(borrowed), torch.ones(own)]).to(layer.own_A[task].device)
     return None
 
 

@@ -73,6 +73,7 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
         self.dedicated = config.ownership == "subexperts"  # reading R2: each task owns whole subexperts
         self.new_subexperts = config.new_subexperts
         self.router_init = config.router_init
+        self.transfer_init = config.transfer_init
         self.context = context if context is not None else TaskContext()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
@@ -354,7 +355,7 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
             raise TaskError("input-independent gates need routing='task': a token router's mixture depends on "
                             "the input")
         if self.dedicated and task == 0:
-            return self.own_A[0].new_ones(self.new_subexperts)
+            return self.own_A[0].new_ones(self.own_A[0].shape[0])
         return self.gates(None, task).detach()
 
     def merged_delta_weight(self, task: int) -> torch.Tensor:

@@ -25,6 +25,8 @@ from moses.adapter.tasks import TaskList
 from moses.errors import ConfigError, TaskError
 
 TaskIds = Sequence[str | int] | torch.Tensor
+# router_init="best": the chosen subexperts' router logit (0 elsewhere); top-2 of [5, 0] gives them 0.993
+PREFERRED_LOGIT = 5.0
 TASK_INFERENCE_RULES = ("prototype", "keys")
 
 
@@ -188,6 +190,35 @@ class MoSEsModel(nn.Module):
         self.start_own_subexperts(best)
         return best
 
+    @torch.no_grad()
+    def choose_borrowed(self, loss_of: Callable[[], torch.Tensor]) -> int | None:
+        """R2, router_init="best": try each start of what the training task borrows (nothing, then reading each
+        earlier task's own subexperts through its router, transfer gate 1; its own subexperts add nothing yet,
+        B = 0), keep the one whose `loss_of()` (e.g. the mean loss on the task's first training batch) is lowest,
+        ties to the earliest, nothing first; returns its source task (None: nothing). With growth="loss" the task
+        then adds no subexperts of its own when that loss is at most `growth_threshold`."""
+        task, config = self.context.training, self.moses_config
+        if task is None or config.router_init != "best":
+            raise TaskError("choose_borrowed() needs router_init='best' and a task being trained")
+        layers = [layer for _, layer in self.moses_layers()]
+        counts = layers[0].own_counts()
+        losses: dict[int | None, float] = {}
+        for source in [None, *(s for s in range(task) if counts[s])]:
+            for layer in layers:
+                layer.prefer_borrowed(task, source, PREFERRED_LOGIT)
+            losses[source] = float(loss_of())
+        best = min(losses, key=lambda s: losses[s])
+        for layer in layers:
+            layer.prefer_borrowed(task, best, PREFERRED_LOGIT)
+        tasks = self.task_list
+        tasks.read_from[task] = best
+        tasks.start_losses[task] = {"none" if s is None else tasks.names[s]: loss for s, loss in losses.items()}
+        if config.growth == "loss" and best is not None and losses[best] <= config.growth_threshold:
+            for layer in layers:
+                layer.drop_own_subexperts(task)
+            tasks.grew[task] = False
+        return best
+
     def end_task(self) -> None:
         """Store and freeze the training task (E7): its parameters get requires_grad=False and lose their
         gradients, so no optimizer, old or new, can move them (R1: its masks, top-c of its scores, are stored
@@ -318,9 +349,10 @@ class MoSEsModel(nn.Module):
                                router_weight_decay: float | None = None) -> list[dict[str, Any]]:
         """Param groups of the training task's parameters, and only those (R1: the pool and scores, whose frozen
         entries no forward reads). R2's transfer gates learn at lr * transfer_lr_scale and R1's scores at
-        lr * score_lr_scale, both without decay; the subexperts and router take `weight_decay` and
-        `router_weight_decay` (None: the optimizer's own). Any optimizer over `parameters()` works too: frozen
-        tasks have requires_grad=False and no gradient, so weight decay or a reused optimizer cannot move them."""
+        lr * score_lr_scale, both without decay (as do the logits of a task router, routing="task"); the
+        subexperts and a token router take `weight_decay` and `router_weight_decay` (None: the optimizer's own).
+        Any optimizer over `parameters()` works too: frozen tasks have requires_grad=False and no gradient, so
+        weight decay or a reused optimizer cannot move them."""
         task = self.context.training
         if task is None:
             raise TaskError("no task is being trained: call add_task(name) before building the optimizer")
@@ -329,13 +361,15 @@ class MoSEsModel(nn.Module):
         decay = {} if weight_decay is None else {"weight_decay": weight_decay}
         router_decay = {} if router_weight_decay is None else {"weight_decay": router_weight_decay}
         if config.ownership == "subexperts":
+            # a task router's logits are a handful of scalars per layer, like the gate: they learn as it does
+            logits = config.routing == "task"
+            routers = [la.routers[task] for la in layers if la.routers[task].requires_grad]
             groups = [
-                {"name": "subexperts", "params": [p for la in layers for p in (la.own_A[task], la.own_B[task])],
-                 "lr": lr, **decay},
-                {"name": "router", "params": [la.routers[task] for la in layers if la.routers[task].requires_grad],
-                 "lr": lr, **router_decay},
+                {"name": "subexperts", "params": [p for la in layers for p in (la.own_A[task], la.own_B[task])
+                                                  if p.requires_grad], "lr": lr, **decay},
+                {"name": "router", "params": [] if logits else routers, "lr": lr, **router_decay},
                 {"name": "transfer", "params": [la.transfer_gates[task] for la in layers
-                                                if la.transfer_gates[task].requires_grad],
+                                                if la.transfer_gates[task].requires_grad] + (routers if logits else []),
                  "lr": lr * config.transfer_lr_scale, "weight_decay": 0.0},
             ]
         else:

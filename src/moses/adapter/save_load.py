@@ -48,6 +48,8 @@ def adapter_state_dict(layers: Layers, prototypes: TaskPrototypes) -> dict[str, 
     for name, la in layers:
         if la.dedicated:
             for t in range(len(la.own_A)):
+                if not la.own_A[t].shape[0]:  # a task that only borrows owns nothing here
+                    continue
                 state[f"{name}.own_A.{t}"] = la.own_A[t].detach()
                 state[f"{name}.own_B.{t}"] = la.own_B[t].detach()
             continue
@@ -111,7 +113,7 @@ def load_adapter_state(layers: Layers, prototypes: TaskPrototypes, state: dict[s
     dedicated = next(iter(layer_map.values())).dedicated
     if dedicated and any(k.endswith(".lora_A") for k in state):
         state = _from_pool_layout(layer_map, state, len(tasks))
-    expected = (_dedicated_keys(layer_map, len(tasks)) if dedicated
+    expected = (_dedicated_keys(layer_map, tasks) if dedicated
                 else _entry_keys(layer_map, len(tasks), tasks.ended))
     optional = {"task_prototypes.sums", "task_prototypes.counts", "task_prototypes.keys"}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected - optional)
@@ -125,6 +127,9 @@ def load_adapter_state(layers: Layers, prototypes: TaskPrototypes, state: dict[s
                     _copy_checked(getattr(la, key), state[f"{name}.{key}"], f"{source}: {name}.{key}")
             for t in range(len(tasks)):
                 la.add_task()
+                if dedicated and not tasks.grew[t]:
+                    la.drop_own_subexperts(t)
+                    continue
                 for key in ("own_A", "own_B") if dedicated else ("router",):
                     target = la.routers if key == "router" else getattr(la, key)
                     _copy_checked(target[t], state[f"{name}.{key}.{t}"], f"{source}: {name}.{key}.{t}")
@@ -169,9 +174,9 @@ def _load_routers(layers: list[MoSEsLayer], state: dict[str, torch.Tensor], num_
             la.transfer_gates[t].copy_(gate)
 
 
-def _dedicated_keys(layers: dict[str, MoSEsLayer], num_tasks: int) -> set[str]:
-    keys = {f"{n}.own_{w}.{t}" for n in layers for w in "AB" for t in range(num_tasks)}
-    return keys | {f"{k}.{t}" for k in ("routers", "transfer_gates") for t in range(1, num_tasks)}
+def _dedicated_keys(layers: dict[str, MoSEsLayer], tasks: TaskList) -> set[str]:
+    keys = {f"{n}.own_{w}.{t}" for n in layers for w in "AB" for t in range(len(tasks)) if tasks.grew[t]}
+    return keys | {f"{k}.{t}" for k in ("routers", "transfer_gates") for t in range(1, len(tasks))}
 
 
 def _entry_keys(layers: dict[str, MoSEsLayer], num_tasks: int, ended: int) -> set[str]:
@@ -222,6 +227,10 @@ def _read_tasks(path: Path) -> dict[str, Any]:
           and 0 <= tasks["ended"] <= len(tasks["tasks"]))
     if not ok:
         raise CheckpointError(f"{path}: expected {{'tasks': [names], 'ended': int, 'training': name|null}}")
+    grew = tasks.get("grew")
+    if grew is not None and not (isinstance(grew, list) and len(grew) == len(tasks["tasks"])
+                                 and all(isinstance(g, bool) for g in grew) and (not grew or grew[0])):
+        raise CheckpointError(f"{path}: 'grew' must list true/false per task, true for the first")
     if tasks.get("training") is not None and tasks["training"] not in tasks["tasks"]:
         raise CheckpointError(f"{path}: training task {tasks['training']!r} is not in the task list")
     return tasks

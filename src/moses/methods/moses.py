@@ -43,12 +43,16 @@ class MoSEsMethod(Method):
 
     def on_task_start(self, task: Task, index: int) -> None:
         self.model.add_task(task.name)
-        align, choose = self.config.fresh_init == "gradient", self.config.own_init == "best" and index > 0
-        first_batch_loss = self.first_batch_loss(task) if align or choose else None
+        config = self.config
+        align, choose = config.fresh_init == "gradient", config.own_init == "best" and index > 0
+        borrow = config.router_init == "best" and index > 0
+        first_batch_loss = self.first_batch_loss(task) if align or choose or borrow else None
         if align:
             self.model.align_fresh_subexperts(first_batch_loss)
         if choose:
             self.model.choose_own_init(first_batch_loss)
+        if borrow:  # what it reads of the earlier tasks, and (growth="loss") whether it adds its own
+            self.model.choose_borrowed(first_batch_loss)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         return self.model.optimizer_param_groups(lr)
