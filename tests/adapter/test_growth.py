@@ -102,6 +102,8 @@ def test_a_task_that_only_borrows_trains_its_routing_alone_and_stores_only_that(
     records = [(t["own_subexperts"], t["read_from"]) for t in capacity["tasks"]]
     assert records[:3] == [(1, None), (1, None), (0, "b")] and records[3][0] == 1
     assert capacity["subexperts_per_projection"] == 3
+    gates = capacity["gate_matrix"]  # c reads b (and a little of a), owns nothing; a borrows nothing
+    assert gates[0] == [1.0] and gates[2][2] == 0.0 and gates[2][1] > 0.9 and gates[3][3] == 1.0
     model.save_pretrained(tmp_path)
     saved = load_file(str(tmp_path / "adapter_model.safetensors"))
     assert not any(".own_A.2" in k or ".own_B.2" in k for k in saved) and "routers.2" in saved

@@ -72,3 +72,17 @@ def test_report_renders_in_headless_chromium(tail_run, tmp_path):
     dom = subprocess.run([CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert "<title>decoded:5</title>" in dom
+
+
+def test_report_shows_what_each_task_borrows(tiny_model_dir, tmp_path):
+    """Borrowing chosen by loss with growth by need, through the runner: the second task's choice is recorded,
+    it adds no subexperts when it borrows (threshold far above any loss), and the report draws the gates."""
+    options = {"routing": "task", "router_init": "best", "growth": "loss", "growth_threshold": 100.0}
+    output = tmp_path / "grow"
+    results = run(tiny_config(tiny_model_dir, output, method_options=options), echo=lambda *_: None)
+    first, second = results["capacity"]["tasks"]
+    assert (first["own_subexperts"], second["own_subexperts"], second["read_from"]) == (1, 0, first["name"])
+    gates = results["capacity"]["gate_matrix"]
+    assert gates[0] == [1.0] and gates[1][0] > 1.0 and gates[1][1] == 0.0  # its gate on the first task's grew
+    write_report(output, results)
+    assert (output / "plots" / "gates.png").stat().st_size > 5000

@@ -47,9 +47,25 @@ def _dedicated_usage(layers: Sequence[MoSEsLayer], tasks: TaskList) -> dict[str,
     subexpert_bytes = sum(p.numel() * p.element_size() for la in layers for p in [*la.own_A[:ended], *la.own_B[:ended]])
     return {"pool_entries": used, "used_entries": used, "used_fraction": 1.0 if used else 0.0, "tasks": per_task,
             "subexperts_per_projection": sum(layers[0].own_counts()[:ended]),
+            "gate_matrix": _gate_matrix(layers, ended) if layers[0].routing == "task" else None,
             "reuse_matrix": reuse, "pool_bytes": subexpert_bytes, "mask_bytes_raw": 0, "mask_bytes_compressed": 0,
             "router_bytes": router_bytes, "stored_bytes_raw": subexpert_bytes + router_bytes,
             "stored_bytes_compressed": subexpert_bytes + router_bytes}
+
+
+def _gate_matrix(layers: Sequence[MoSEsLayer], ended: int) -> list[list[float]]:
+    """Task routing: row t, the gate task t puts on each task's subexperts (summed over them, averaged over the
+    layers); s < t is what it borrows, s = t its own (1 when it owns subexperts, else 0)."""
+    matrix = []
+    for t in range(ended):
+        row = [0.0] * (t + 1)
+        for layer in layers:
+            gates, counts, start = layer.task_gates(t).float(), layer.own_counts(), 0
+            for s in range(t + 1):
+                row[s] += float(gates[start: start + counts[s]].sum()) / len(layers)
+                start += counts[s]
+        matrix.append(row)
+    return matrix
 
 
 def _entry_usage(layers: Sequence[MoSEsLayer], tasks: TaskList) -> dict[str, Any]:

@@ -34,6 +34,9 @@ def make_plots(run_dir: Path, results: dict[str, Any]) -> list[tuple[str, str]]:
         add("Capacity against the number of tasks", "capacity.png", plots.capacity_growth, history)
         add("Reuse: whose weights each task reads", "reuse.png", plots.reuse_heatmap, names,
             history[-1]["reuse_matrix"])
+        if history[-1].get("gate_matrix"):
+            add("Borrowing: each task's gate on every task's subexperts", "gates.png", plots.gate_heatmap, names,
+                history[-1]["gate_matrix"])
     if results.get("train_log"):
         add("Training loss", "loss.png", plots.training_loss, results["train_log"])
     return made

@@ -163,6 +163,28 @@ def reuse_heatmap(names: list[str], reuse: list[list[int]], path: Path) -> None:
     save_png(fig, path)
 
 
+def gate_heatmap(names: list[str], gates: list[list[float]], path: Path) -> None:
+    """Task routing: the gate each task (row) puts on each task's subexperts (column; the diagonal is its own,
+    0 when it added none)."""
+    import numpy as np
+
+    plt = _figure()
+    grid = np.full((len(gates), len(gates)), np.nan)
+    for t, row in enumerate(gates):
+        grid[t, : len(row)] = row
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(gates), 1.0 + 0.7 * len(gates)))
+    image = ax.imshow(grid, cmap="magma", vmin=0, vmax=max(1.0, float(np.nanmax(grid))))
+    for t in range(grid.shape[0]):
+        for s in range(t + 1):
+            ax.text(s, t, f"{grid[t, s]:.2f}", ha="center", va="center",
+                    color="white" if grid[t, s] < 0.6 else "black", fontsize=8)
+    ax.set_xticks(range(len(gates)), [f"{n}'s" for n in names[: len(gates)]], rotation=35, ha="right")
+    ax.set_yticks(range(len(gates)), [f"{n} reads" for n in names[: len(gates)]])
+    ax.set_title("What each task reads: its gate on each task's subexperts")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="gate (mean over layers)")
+    save_png(fig, path)
+
+
 def training_loss(train_log: list[dict], path: Path) -> None:
     """Loss per optimizer step, one colour per task."""
     plt = _figure()
