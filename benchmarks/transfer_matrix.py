@@ -4,11 +4,14 @@ borrow that adapter instead of adding its own (the growth rule's question); rows
 a wrong task id would be harmless under TaIL.
 
     python benchmarks/transfer_matrix.py RUN_DIR --out long14/transfer_matrix [--full] [--plot PATH.png]
+    python benchmarks/transfer_matrix.py RUN_DIR --out long14/transfer_losses --losses
 
 RUN_DIR is a `moses run` folder of a method with one adapter per task (lora-per-task, moses). Cell (k, j): task
 k's score with task j's adapter (task id j given). Without --full only j <= k is scored (what task k could
 borrow when it arrives). Writes benchmarks/results/<out>.{json,md}. Each cell is scored as `moses eval` scores
-a task; the diagonal equals the run's final row.
+a task; the diagonal equals the run's final row. With --losses a cell is instead the answer loss of task k's
+first 8 training examples under task j's adapter (what a start chosen by loss compares; forward passes only),
+with the base model's loss beside it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=results_name)
     parser.add_argument("--full", action="store_true", help="also score each task with later tasks' adapters")
     parser.add_argument("--plot", type=Path, default=None, help="write a heatmap of the matrix here (.png)")
+    parser.add_argument("--losses", action="store_true", help="first-batch answer losses instead of scores")
     args = parser.parse_args()
+    if args.losses:
+        first_batch_losses(args)
+        return
     loaded = load_run(args.run_dir)
     config, tasks = loaded.config, list(loaded.trained.values())
     names = [t.name for t in tasks]
@@ -59,6 +66,40 @@ def main() -> None:
                   f"it in the stream. {len(pairs)} cells, {payload['seconds'] / 60:.0f} min.")
     if args.plot:
         plot(matrix, names, args.plot)
+
+
+def first_batch_losses(args: argparse.Namespace) -> None:
+    import torch
+
+    loaded = load_run(args.run_dir)
+    config, tasks, method = loaded.config, list(loaded.trained.values()), loaded.method
+    names = [t.name for t in tasks]
+    matrix: list[list[float | None]] = [[None] * len(tasks) for _ in tasks]
+    base = []
+    with torch.no_grad():
+        for k, task in enumerate(tasks):
+            loss_of = method.first_batch_loss(task)
+            with loaded.model.disable_adapter():
+                base.append(float(loss_of()))
+            for j in range(len(tasks)):
+                if args.full or j <= k:
+                    with method.inference_context(names[j]):
+                        matrix[k][j] = float(loss_of())
+            print(f"{names[k]}: base {base[k]:.2f}, " + ", ".join(
+                f"{names[j]} {v:.2f}" for j, v in enumerate(matrix[k]) if v is not None), flush=True)
+    rows = []
+    for k, name in enumerate(names):
+        earlier = [(matrix[k][j], names[j]) for j in range(k)]
+        best = min(earlier) if earlier else None
+        rows.append({"task": name, "base": f"{base[k]:.2f}",
+                     **{names[j]: "" if v is None else f"{v:.2f}" for j, v in enumerate(matrix[k])},
+                     "best earlier": f"{best[0]:.2f} ({best[1]})" if best else "-"})
+    payload = {"run_dir": str(args.run_dir), "method": config.method, "precision": loaded.precision,
+               "tasks": names, "base_loss": base, "losses": matrix}
+    write_results(args.out, payload, rows, ["task", "base", *names, "best earlier"],
+                  f"Answer loss (mean per answer token) of each task's first 8 training examples (row) under "
+                  f"each task's adapter (column) and under the base model, from the final checkpoint of "
+                  f"{args.run_dir} ({config.method}, {loaded.precision}).")
 
 
 def plot(matrix: list[list[float | None]], names: list[str], path: Path) -> None:

@@ -61,12 +61,14 @@ def test_borrowing_nothing_wins_when_no_earlier_task_helps():
     train_task(model, "a", steps=6, seed=0)
     base = logits(model, "a")
     model.add_task("b")
+    drawn = [la.routers[1].detach().clone() for _, la in model.moses_layers()]
     with torch.no_grad():
         for _, layer in model.moses_layers():  # a's subexperts made useless for b: a large random B
             layer.own_B[0].normal_(0, 5.0)
     source = model.choose_borrowed(batch_loss(model, 3))
     assert source is None and model.task_list.start_losses[1]["none"] < model.task_list.start_losses[1]["a"]
     assert all(la.transfer_gates[1].item() == 0.0 for _, la in model.moses_layers())
+    assert all(torch.equal(la.routers[1], d) for (_, la), d in zip(model.moses_layers(), drawn, strict=True))
     assert not torch.equal(base, logits(model, "b"))  # b starts as the base model, not as a
 
 

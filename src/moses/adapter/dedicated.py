@@ -70,6 +70,7 @@ class DedicatedSubexperts:
             previous = self.routers[task - 1].detach()
             router[tuple(slice(0, s) for s in previous.shape)] = previous
         self.routers.append(nn.Parameter(router, requires_grad=borrow > 0))
+        self._drawn_router = (task, router.detach().clone())  # what prefer_borrowed(None) restores
         # task 0 borrows nothing: its (empty) router and gate are never read, and a trainable parameter
         # without gradients stops DistributedDataParallel
         self.transfer_gates.append(nn.Parameter(torch.full((), self.transfer_init if task else 0.0, device=device),
@@ -99,6 +100,8 @@ class DedicatedSubexperts:
         with torch.no_grad():
             if source is None:
                 self.transfer_gates[task].zero_()
+                if self._drawn_router is not None and self._drawn_router[0] == task:
+                    self.routers[task].copy_(self._drawn_router[1])
                 return
             if not 0 <= source < task or counts[source] == 0:
                 raise TaskError(f"task {task} can read an earlier task's own subexperts, not task {source}'s")
@@ -175,7 +178,7 @@ class DedicatedSubexperts:
 
     # ---- routing ----
     def dedicated_logits(self, features: torch.Tensor, task: int) -> torch.Tensor:
-        """R2 router logits over the task*n subexperts the task may borrow, from its readable subexpert features
+        """R2 router logits over the earlier subexperts the task may borrow, from its readable subexpert features
         (or the hidden state). In fp32 even under autocast: on CPU a matmul this thin costs several times more in
         bf16 than in fp32 (benchmarks/thin_matmul.py)."""
         router = self.routers[task]

@@ -87,6 +87,7 @@ class MoSEsLayer(DedicatedSubexperts, nn.Module):
         # does not rebuild every task's weights at every decoding step
         self._inference_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
         self._fresh_own_A: tuple[int, torch.Tensor] | None = None  # R2: (task, its own A as first drawn)
+        self._drawn_router: tuple[int, torch.Tensor] | None = None  # R2: (task, its router as first drawn)
         self._plan: tuple | None = None  # R2: the gathered gates of the last mixed batch layout (decoding)
         if self.dedicated:
             self.init_dedicated()
