@@ -142,46 +142,39 @@ def capacity_growth(history: list[dict], path: Path) -> None:
 
 def reuse_heatmap(names: list[str], reuse: list[list[int]], path: Path) -> None:
     """Share of each task's mask owned by each earlier task (diagonal: its own new entries)."""
-    import numpy as np
-
-    plt = _figure()
-    grid = np.full((len(reuse), len(reuse)), np.nan)
-    for t, row in enumerate(reuse):
-        total = sum(row) or 1
-        for s, count in enumerate(row):
-            grid[t, s] = 100.0 * count / total
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(reuse), 1.0 + 0.7 * len(reuse)))
-    image = ax.imshow(grid, cmap="magma", vmin=0, vmax=100)
-    for t in range(grid.shape[0]):
-        for s in range(t + 1):
-            ax.text(s, t, f"{grid[t, s]:.0f}%", ha="center", va="center",
-                    color="white" if grid[t, s] < 60 else "black", fontsize=8)
-    ax.set_xticks(range(len(reuse)), [f"owned by {n}" for n in names[: len(reuse)]], rotation=35, ha="right")
-    ax.set_yticks(range(len(reuse)), [f"{n} reads" for n in names[: len(reuse)]])
-    ax.set_title("Reuse: whose weights each task's mask reads")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the task's active entries")
-    save_png(fig, path)
+    rows = [[100.0 * count / (sum(row) or 1) for count in row] for row in reuse]
+    _task_by_task(rows, [f"owned by {n}" for n in names], names, "{:.0f}%", 100.0,
+                  "Reuse: whose weights each task's mask reads", "% of the task's active entries", path)
 
 
 def gate_heatmap(names: list[str], gates: list[list[float]], path: Path) -> None:
     """Task routing: the gate each task (row) puts on each task's subexperts (column; the diagonal is its own,
     0 when it added none)."""
+    top = max([1.0, *(g for row in gates for g in row)])
+    _task_by_task(gates, [f"{n}'s" for n in names], names, "{:.2f}", top,
+                  "What each task reads: its gate on each task's subexperts", "gate (mean over layers)", path)
+
+
+def _task_by_task(rows: list[list[float]], columns: list[str], names: list[str], fmt: str, top: float,
+                  title: str, label: str, path: Path) -> None:
+    """A lower-triangular heatmap, row t = what task t reads of tasks 0..t, each cell annotated."""
     import numpy as np
 
     plt = _figure()
-    grid = np.full((len(gates), len(gates)), np.nan)
-    for t, row in enumerate(gates):
+    size = len(rows)
+    grid = np.full((size, size), np.nan)
+    for t, row in enumerate(rows):
         grid[t, : len(row)] = row
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(gates), 1.0 + 0.7 * len(gates)))
-    image = ax.imshow(grid, cmap="magma", vmin=0, vmax=max(1.0, float(np.nanmax(grid))))
-    for t in range(grid.shape[0]):
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * size, 1.0 + 0.7 * size))
+    image = ax.imshow(grid, cmap="magma", vmin=0, vmax=top)
+    for t in range(size):
         for s in range(t + 1):
-            ax.text(s, t, f"{grid[t, s]:.2f}", ha="center", va="center",
-                    color="white" if grid[t, s] < 0.6 else "black", fontsize=8)
-    ax.set_xticks(range(len(gates)), [f"{n}'s" for n in names[: len(gates)]], rotation=35, ha="right")
-    ax.set_yticks(range(len(gates)), [f"{n} reads" for n in names[: len(gates)]])
-    ax.set_title("What each task reads: its gate on each task's subexperts")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="gate (mean over layers)")
+            ax.text(s, t, fmt.format(grid[t, s]), ha="center", va="center",
+                    color="white" if grid[t, s] < 0.6 * top else "black", fontsize=8)
+    ax.set_xticks(range(size), columns[:size], rotation=35, ha="right")
+    ax.set_yticks(range(size), [f"{n} reads" for n in names[:size]])
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)
     save_png(fig, path)
 
 
